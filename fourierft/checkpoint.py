@@ -113,6 +113,11 @@ def check_fits(tuner: FourierFTModel, adapter_name: str, state: dict[str, torch.
                 f"{[layer.out_features, layer.in_features]} here but {want} in the checkpoint"
             )
     keys = {k.removeprefix(PREFIX): k for k in state}
+    # PEFT with bias="all" also writes "<head>.modules_to_save.bias" and "<head>.original_module.bias": copies of
+    # "<head>.bias" and of the frozen original. They carry nothing new, so they are skipped.
+    for name, _ in tuner.saved_modules():
+        for key in [k for k in keys if k.startswith((f"{name}.modules_to_save.", f"{name}.original_module."))]:
+            del keys[key]
     unexpected = sorted(set(keys) - set(slots))
     if unexpected:
         raise ValueError(

@@ -15,7 +15,7 @@ from torch import nn
 from .config import FourierFTConfig
 from .layer import FourierFTLayer, conv1d_class
 from .modules_to_save import ModulesToSaveWrapper
-from .targeting import TARGET_MODULE_MAPPING, SEQ_CLS_HEAD_NAMES, find_targets
+from .targeting import TARGET_MODULE_MAPPING, find_targets
 
 
 def _normalize_names(names: str | list[str]) -> list[str]:
@@ -77,7 +77,7 @@ class FourierFTModel(nn.Module):
             raise ValueError(f"an adapter named {adapter_name!r} exists already: pick another name or delete it")
         config = config.copy()
         if config.task_type == "SEQ_CLS":  # PEFT trains and saves the classification head with the adapter
-            extra = [n for n in SEQ_CLS_HEAD_NAMES if n not in (config.modules_to_save or [])]
+            extra = [n for n in ("classifier", "score") if n not in (config.modules_to_save or [])]
             config.modules_to_save = [*(config.modules_to_save or []), *extra]
         targets = find_targets(self.model, config)  # raises before anything changes
         for target in targets:

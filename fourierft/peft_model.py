@@ -25,7 +25,8 @@ class PeftModel(nn.Module):
                  low_cpu_mem_usage: bool = False) -> None:
         super().__init__()
         self.base_model = FourierFTModel(model, peft_config, adapter_name, low_cpu_mem_usage)
-        if getattr(model, "is_gradient_checkpointing", False):
+        flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+        if getattr(model, flag, False):
             self._enable_input_grads()
 
     # --- passing through ------------------------------------------------------------------------------------------
