@@ -1,6 +1,16 @@
 """Ways to compute a FourierFT adapter's contribution ``x @ dW.T`` (all equal to :func:`fourierft.spectral.delta_weight`).
 
-This placeholder holds only the dense reference path; fast paths land here (issue 3).
+Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a float64 reference):
+
+* ``dense``   PEFT's exact numerics: ``dW`` in float32 through a dense complex ``ifft2``, matmul in float32, cast back.
+* ``gemm``    ``dW`` materialised (float32 ``ifft2``, cast to the compute dtype), one matmul in the compute dtype, a
+              custom backward whose spectrum gradient is one ``rfft2`` of ``G = g^T x``; at inference ``dW`` is cached
+              per spectrum version. Best when the layer is small next to the rank ``2n`` (BERT-sized layers).
+* ``lowrank`` ``dW = Bu diag(w) Bv^T`` with cached cos/sin bases: two skinny tensor-core matmuls each way, no
+              ``d1 x d2`` tensor anywhere. Best for large layers and moderate ``n`` (LLaMA-sized, n = 1000).
+* ``fft``     row FFTs, gathers and scatter-adds; never forms ``dW``; cost independent of ``n``: for very large ``n``.
+
+``auto`` (the default) picks by a cost model in :func:`choose_path` (see its docstring for the measured constants).
 """
 
 from __future__ import annotations
@@ -11,9 +21,57 @@ import torch
 import torch.nn.functional as F
 
 from ..spectral import delta_weight
+from ._cache import clear_caches
+from .fft import fft_linear
+from .gemm import delta_weight_cached, gemm_linear
+from .lowrank import lowrank_linear
 
-Path = Literal["auto", "dense"]
-PATHS: tuple[str, ...] = ("auto", "dense")
+Path = Literal["auto", "dense", "gemm", "lowrank", "fft"]
+PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "fft")
+
+__all__ = [
+    "PATHS",
+    "Path",
+    "choose_path",
+    "clear_caches",
+    "delta_weight_cached",
+    "spectral_linear",
+]
+
+# Cost of the fft path per row, in "matmul-flop equivalents" per (d1 + d2): it is memory- and launch-bound, so it is
+# expressed against the matmul paths' flop counts. Measured: see bench/NOTES.md.
+_FFT_COST = {"cuda": 60_000.0, "cpu": 2_000.0}
+
+
+def choose_path(
+    out_features: int,
+    in_features: int,
+    n: int,
+    *,
+    device_type: str,
+    training: bool,
+) -> str:
+    """The fastest path by a flop model (per row of ``x``; ``d1, d2 = out_features, in_features``).
+
+    * gemm: ``6 d1 d2`` training (forward, input grad, ``G = g^T x``), ``2 d1 d2`` inference (``dW`` cached);
+    * lowrank: ``8 n (d1 + d2)`` training, ``4 n (d1 + d2)`` inference;
+    * fft: ``K (d1 + d2)`` training, ``K / 3`` inference, ``K`` measured per device type (``_FFT_COST``).
+    """
+    d1, d2 = out_features, in_features
+    k = _FFT_COST.get(device_type, _FFT_COST["cuda"])
+    if training:
+        costs = {"gemm": 6.0 * d1 * d2, "lowrank": 8.0 * n * (d1 + d2), "fft": k * (d1 + d2)}
+    else:
+        costs = {"gemm": 2.0 * d1 * d2, "lowrank": 4.0 * n * (d1 + d2), "fft": k / 3 * (d1 + d2)}
+    return min(costs, key=costs.__getitem__)
+
+
+def _dense(x, spectrum, rows, cols, out_features, in_features, scaling):
+    dw = delta_weight(spectrum, rows, cols, out_features, in_features, scaling)
+    return F.linear(x.to(dw.dtype), dw).to(x.dtype)
+
+
+_IMPLS = {"dense": _dense, "gemm": gemm_linear, "lowrank": lowrank_linear, "fft": fft_linear}
 
 
 def spectral_linear(
@@ -28,7 +86,25 @@ def spectral_linear(
 ) -> torch.Tensor:
     """``x @ dW.T``: ``x`` is ``(..., in_features)``, the result ``(..., out_features)`` in ``x.dtype``.
 
-    The dense path is PEFT's: build ``dW`` in float32, run the matmul in float32, cast back.
+    ``spectrum``: ``(n,)`` float32 coefficients; ``rows``, ``cols``: ``(n,)`` int64 entries on the same device.
+    ``dW = scaling * Re(ifft2(S))`` (:func:`fourierft.spectral.delta_weight`). Differentiable w.r.t. ``x`` and
+    ``spectrum`` on every path. The dense path is PEFT's: build ``dW`` in float32, run the matmul in float32, cast
+    back. The other paths compute in ``x.dtype`` (matmuls; FFTs in float32); under autocast a float32 ``x`` is
+    first cast to the autocast dtype, and the result comes back in that dtype, as ``F.linear`` would do.
     """
-    dw = delta_weight(spectrum, rows, cols, out_features, in_features, scaling)
-    return F.linear(x.to(dw.dtype), dw).to(x.dtype)
+    if path not in _IMPLS and path != "auto":
+        raise ValueError(f"unknown FourierFT kernel path {path!r}; allowed: {', '.join(PATHS)}")
+    if path == "dense":
+        return _dense(x, spectrum, rows, cols, out_features, in_features, scaling)
+    dev = x.device.type
+    if path == "auto":
+        training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
+        path = choose_path(out_features, in_features, spectrum.shape[0], device_type=dev, training=training)
+    impl = _IMPLS[path]
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        if x.dtype == torch.float32 and dtype != torch.float32:
+            x = x.to(dtype)
+        with torch.autocast(dev, enabled=False):
+            return impl(x, spectrum, rows, cols, out_features, in_features, scaling)
+    return impl(x, spectrum, rows, cols, out_features, in_features, scaling)

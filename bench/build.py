@@ -1,0 +1,63 @@
+"""Adapter-building benchmark: a 7B-shaped LLaMA (32 layers, 4096 / 11008) on the meta device, all-linear, n=1000.
+
+    PYTHONPATH=. python bench/build.py [--layers 32] [--peft-layers 2]
+
+Times ``get_peft_model`` for fourierft and for PEFT. PEFT draws a full ``randperm(d1 * d2)`` per layer (minutes for
+32 layers), so by default it is timed on ``--peft-layers`` layers and scaled linearly to ``--layers`` (its cost is
+the same per layer of one shape; the scaled figure is marked). ``--peft-layers 32`` times it in full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+
+def llama(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
+        num_attention_heads=32, num_key_value_heads=32,
+    )
+    with torch.device("meta"):
+        return LlamaForCausalLM(cfg)
+
+
+def time_build(which: str, layers: int, n: int) -> tuple[float, int]:
+    model = llama(layers)
+    if which == "peft":
+        from peft import FourierFTConfig, get_peft_model
+    else:
+        from fourierft import FourierFTConfig, get_peft_model
+    cfg = FourierFTConfig(n_frequency=n, scaling=300.0, target_modules="all-linear")
+    t = time.perf_counter()
+    model = get_peft_model(model, cfg)
+    dt = time.perf_counter() - t
+    ntrain = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dt, ntrain
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--peft-layers", type=int, default=2)
+    ap.add_argument("--n", type=int, default=1000)
+    a = ap.parse_args()
+    ours, ours_n = time_build("ours", a.layers, a.n)
+    peft, peft_n = time_build("peft", a.peft_layers, a.n)
+    scaled = peft * a.layers / a.peft_layers
+    note = "" if a.peft_layers == a.layers else f" (timed on {a.peft_layers} layers, scaled x{a.layers / a.peft_layers:g})"
+    print(f"cpu: {platform.processor() or platform.machine()}; threads {torch.get_num_threads()}; torch {torch.__version__}")
+    print("| build (meta device, all-linear, n=%d, %d layers) | seconds | trainable |" % (a.n, a.layers))
+    print("|---|---|---|")
+    print(f"| fourierft | {ours:.3f} | {ours_n:,} |")
+    print(f"| PEFT FourierFT{note} | {scaled:.1f} | {peft_n * a.layers // a.peft_layers:,} |")
+    print(f"| speed-up | {scaled / ours:.0f}x | |")
+
+
+if __name__ == "__main__":
+    main()

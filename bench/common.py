@@ -1,0 +1,176 @@
+"""Shared pieces of the benchmarks: model builders, adapter variants, timing.
+
+Models are built from a fixed seed for every variant (same weights, no copy held beside them, so peak memory is the
+variant's own). Variants:
+
+* ``floor``           the frozen model, input grads on, no adapter (the cost of backprop alone)
+* ``peft-lora``       PEFT LoRA r=16 (alpha 32, PEFT defaults otherwise)
+* ``peft-fourierft``  PEFT FourierFT (n, scaling as the case says)
+* ``ours-<path>``     ``fourierft.get_peft_model`` with every layer's ``compute_path`` forced to <path>
+* ``direct-<path>``   the target ``nn.Linear`` wrapped by :class:`Direct`: ``base(x) + spectral_linear(x, ...)``
+                      (measures the kernels without the model code)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fourierft.kernels import spectral_linear
+from fourierft.spectral import delta_weight
+
+SEED = 777
+
+
+def entries(d1: int, d2: int, n: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's entries (the lead's O(n) generator when present, else PEFT's own randperm)."""
+    try:
+        from fourierft.entries import spectral_entries
+
+        return spectral_entries(d1, d2, n, seed)
+    except Exception:  # noqa: BLE001 (the bench must run without the model code)
+        flat = torch.randperm(d1 * d2, generator=torch.Generator().manual_seed(seed))[:n]
+        return flat // d2, flat % d2
+
+
+class Direct(nn.Module):
+    """``base(x) + spectral_linear(x, ...)`` around a frozen ``nn.Linear``; the spectrum in float32."""
+
+    def __init__(self, base: nn.Linear, n: int, scaling: float, path: str) -> None:
+        super().__init__()
+        self.base, self.scaling, self.path = base, scaling, path
+        d1, d2 = base.out_features, base.in_features
+        rows, cols = entries(d1, d2, n)
+        dev = base.weight.device
+        self.register_buffer("rows", rows.to(dev))
+        self.register_buffer("cols", cols.to(dev))
+        self.spectrum = nn.Parameter(torch.randn(n, device=dev))
+        self.merged = False
+
+    def merge(self) -> None:
+        with torch.no_grad():
+            w = self.base.weight
+            w += delta_weight(self.spectrum, self.rows, self.cols, w.shape[0], w.shape[1], self.scaling).to(w.dtype)
+        self.merged = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        w = self.base.weight
+        return y + spectral_linear(
+            x, self.spectrum, self.rows, self.cols, w.shape[0], w.shape[1], self.scaling, path=self.path
+        ).to(y.dtype)
+
+
+def target_names(case: str, targets: str) -> list[str] | str:
+    if targets == "all":
+        return "all-linear"
+    return ["q_proj", "v_proj"] if case == "gpu" else ["query", "value"]
+
+
+def build_base(case: str) -> tuple[nn.Module, dict]:
+    """The frozen base model and one batch, built from :data:`SEED`."""
+    torch.manual_seed(SEED)
+    if case == "gpu":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(
+            vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+        )
+        cfg._attn_implementation = "sdpa"
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        ids = torch.randint(0, 32000, (4, 1024), device="cuda")
+        batch = {"input_ids": ids, "labels": ids}
+    else:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        cfg = BertConfig(
+            vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+        )
+        model = BertForSequenceClassification(cfg)
+        ids = torch.randint(0, 30522, (16, 64))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (16,))}
+    model.requires_grad_(False)
+    return model, batch
+
+
+def _linear_targets(model: nn.Module, case: str, targets: str) -> list[tuple[nn.Module, str, nn.Linear]]:
+    names = target_names(case, targets)
+    core = model.model.layers if case == "gpu" else model.bert.encoder
+    out = []
+    for mod in core.modules():
+        for child_name, child in mod.named_children():
+            if isinstance(child, nn.Linear) and (names == "all-linear" or child_name in names):
+                out.append((mod, child_name, child))
+    return out
+
+
+def make_variant(variant: str, case: str, targets: str, n: int, scaling: float) -> tuple[nn.Module, dict]:
+    """Fresh base model with ``variant`` applied; returns (model, batch)."""
+    model, batch = build_base(case)
+    tm = target_names(case, targets)
+    if variant == "floor":
+        model.enable_input_require_grads()
+    elif variant == "peft-lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=tm))
+    elif variant == "peft-fourierft":
+        from peft import FourierFTConfig, get_peft_model
+
+        model = get_peft_model(model, FourierFTConfig(n_frequency=n, scaling=scaling, target_modules=tm))
+    elif variant.startswith("ours-"):
+        from fourierft import FourierFTConfig, FourierFTLayer, get_peft_model
+
+        model = get_peft_model(model, FourierFTConfig(n_frequency=n, scaling=scaling, target_modules=tm))
+        for m in model.modules():
+            if isinstance(m, FourierFTLayer):
+                m.compute_path = variant.removeprefix("ours-")
+    elif variant.startswith("direct-"):
+        for parent, name, lin in _linear_targets(model, case, targets):
+            setattr(parent, name, Direct(lin, n, scaling, variant.removeprefix("direct-")))
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return model, batch
+
+
+def merge_all(model: nn.Module) -> None:
+    """Merge every adapter into its base weight (ours, PEFT's or :class:`Direct`)."""
+    if hasattr(model, "merge_adapter"):
+        model.merge_adapter()
+        return
+    for m in model.modules():
+        if isinstance(m, Direct):
+            m.merge()
+
+
+def measure(fn: Callable[[], object], steps: int, warmup: int, cuda: bool) -> tuple[float, float | None, list[float]]:
+    """(median ms, peak GiB over the timed steps or None on CPU, all times). Device events on CUDA."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(steps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        for _ in range(steps):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        peak = None
+    return statistics.median(times), peak, times

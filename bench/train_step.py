@@ -1,0 +1,155 @@
+"""Train-step benchmark: median step time (forward + backward + AdamW), peak memory, ratios to floor and PEFT.
+
+    PYTHONPATH=. python bench/train_step.py --case gpu     # bf16 LLaMA-shaped, q,v and all-linear, + inference
+    PYTHONPATH=. python bench/train_step.py --case cpu     # fp32 all-MiniLM-L6-v2-shaped BERT, query,value
+
+One run, one machine: every variant is built fresh from the same seed in this process and timed the same way.
+Prints a markdown table per case (and writes it to --out if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import make_variant, measure, merge_all  # noqa: E402
+
+PATHS = ("gemm", "lowrank", "fft")
+
+
+def _ours_prefix() -> str:
+    """``ours`` when the model code (``fourierft.get_peft_model``) is importable, else the direct wrapper."""
+    try:
+        from fourierft import FourierFTLayer, get_peft_model  # noqa: F401
+
+        return "ours"
+    except Exception:  # noqa: BLE001
+        return "direct"
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_row(variant, case, targets, n, scaling, steps, warmup):
+    model, batch = make_variant(variant, case, targets, n, scaling)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+
+    def step():
+        out = model(**batch)
+        out.loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    ms, peak, _ = measure(step, steps, warmup, case == "gpu")
+    ntrain = sum(p.numel() for p in params)
+    del model, opt, params
+    _free()
+    return ms, peak, ntrain
+
+
+def infer_row(variant, case, targets, n, scaling, steps, warmup, merged):
+    model, batch = make_variant(variant, case, targets, n, scaling)
+    model.eval()
+    if merged:
+        merge_all(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
+    @torch.inference_mode()
+    def fwd():
+        model(**inputs)
+
+    ms, peak, _ = measure(fwd, steps, warmup, case == "gpu")
+    del model
+    _free()
+    return ms, peak
+
+
+def fmt_table(title, rows, floor_key, peft_key):
+    base = rows[floor_key][0]
+    peft = rows.get(peft_key, (None,))[0]
+    lines = [f"### {title}", "", "| variant | ms | x floor | PEFT FourierFT / this | peak GiB | trainable |",
+             "|---|---|---|---|---|---|"]
+    for name, (ms, peak, ntrain) in rows.items():
+        vs = f"{peft / ms:.2f}" if peft else "-"
+        pk = f"{peak:.2f}" if peak is not None else "-"
+        lines.append(f"| {name} | {ms:.1f} | {ms / base:.2f} | {vs} | {pk} | {ntrain:,} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", choices=["gpu", "cpu"], required=True)
+    ap.add_argument("--targets", default=None, help="comma list of qv,all (gpu default both, cpu qv)")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--scaling", type=float, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--paths", default=",".join(PATHS), help="our paths to time (plus auto)")
+    ap.add_argument("--prefix", default=None, help="ours or direct (default: ours when importable)")
+    ap.add_argument("--skip", default="", help="comma list of variants to skip")
+    ap.add_argument("--also", default="", help="comma list of extra variants (e.g. ours-auto beside direct-*)")
+    ap.add_argument("--no-infer", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    gpu = a.case == "gpu"
+    scaling = a.scaling or (300.0 if gpu else 150.0)
+    steps = a.steps or (15 if gpu else 20)
+    targets = (a.targets or ("qv,all" if gpu else "qv")).split(",")
+    prefix = a.prefix or _ours_prefix()
+    ours = [f"{prefix}-{p}" for p in ["auto", *a.paths.split(",")] if p]
+    extra = [v for v in a.also.split(",") if v]
+    variants = [v for v in ["floor", "peft-lora", "peft-fourierft", *ours, *extra] if v not in a.skip.split(",")]
+    dev = torch.cuda.get_device_name() if gpu else f"CPU {platform.processor() or platform.machine()}"
+    head = (f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; n={a.n}; "
+            f"scaling={scaling}; steps={steps} (median), warmup={a.warmup}")
+    print(head, flush=True)
+    out = [head]
+    for tg in targets:
+        rows = {}
+        for v in variants:
+            try:
+                rows[v] = train_row(v, a.case, tg, a.n, scaling, steps, a.warmup)
+            except Exception as err:  # noqa: BLE001 (one broken variant must not lose the others' numbers)
+                print(f"  train {tg} {v}: FAILED {type(err).__name__}: {err}", flush=True)
+                _free()
+                continue
+            print(f"  train {tg} {v}: {rows[v][0]:.1f} ms", flush=True)
+        out.append(fmt_table(f"train step, {a.case}, targets {tg}", rows, "floor", "peft-fourierft"))
+        print(out[-1], flush=True)
+    if gpu and not a.no_infer:
+        for tg in targets:
+            rows = {"frozen": (*infer_row("floor", a.case, tg, a.n, scaling, steps, a.warmup, False), 0)}
+            jobs = [(v, v, False) for v in variants if v != "floor"]
+            jobs += [(f"{v.split('-')[0]}-merged", v, True) for v in variants if v.endswith("-auto")]
+            for label, v, merged in jobs:
+                try:
+                    rows[label] = (*infer_row(v, a.case, tg, a.n, scaling, steps, a.warmup, merged), 0)
+                except Exception as err:  # noqa: BLE001
+                    print(f"  infer {tg} {label}: FAILED {type(err).__name__}: {err}", flush=True)
+                    _free()
+                    continue
+                print(f"  infer {tg} {label}: {rows[label][0]:.1f} ms", flush=True)
+            out.append(fmt_table(f"inference forward, {a.case}, targets {tg} (unmerged unless named)", rows,
+                                 "frozen", "peft-fourierft"))
+            print(out[-1], flush=True)
+    if a.out:
+        Path(a.out).write_text("\n\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Caches shared by the kernel paths: cos/sin bases per (size, entries) and dense ``dW`` for inference.
+
+Nothing here may go stale silently:
+
+* bases depend only on the *values* of an index vector and a size, so they are keyed on a content hash of the
+  indices (computed once per index tensor and re-computed whenever that tensor's ``_version`` changes, i.e. after any
+  in-place write). Layers of the same shape share entries (same seed), so they share one basis.
+* the dense ``dW`` cache is keyed on the spectrum tensor itself (weakly, so it dies with the parameter) and checks
+  ``spectrum._version`` (bumped by every optimizer step or in-place edit), the entries' versions, the shape,
+  the scaling, the device and the dtype on every lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+_lock = threading.Lock()
+# index tensor -> (its _version when hashed, content key)
+_index_keys: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# (content key, size, device, dtype) -> (size, n) basis [cos | sin] as (size, 2n)
+_bases: dict[tuple, torch.Tensor] = {}
+# spectrum tensor -> (key tuple, dW)
+_dense: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def clear_caches() -> None:
+    """Drop every cached basis and dense ``dW`` (e.g. to free device memory)."""
+    with _lock:
+        _index_keys.clear()
+        _bases.clear()
+        _dense.clear()
+
+
+def index_key(idx: torch.Tensor) -> str:
+    """A content hash of an index vector; re-hashed only when ``idx`` was written in place since the last call."""
+    hit = _index_keys.get(idx)
+    if hit is not None and hit[0] == idx._version:
+        return hit[1]
+    data = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    key = hashlib.blake2b(data, digest_size=16).hexdigest()
+    _index_keys[idx] = (idx._version, key)
+    return key
+
+
+def make_basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[cos(2 pi j idx_k / size) | sin(2 pi j idx_k / size)]`` for ``j < size``: shape ``(size, 2n)``.
+
+    The phase is reduced exactly in integers (``j * idx mod size``) before the float conversion, so the basis is
+    accurate to the dtype's rounding even for large ``size``. Computed in float64 for float64, else float32, then cast.
+    """
+    j = torch.arange(size, device=idx.device, dtype=torch.int64)[:, None]  # (size, 1)
+    m = (j * idx.to(torch.int64)[None, :]) % size  # (size, n), exact
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    angle = m.to(work) * (2 * math.pi / size)
+    return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1).to(dtype)
+
+
+def basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cached :func:`make_basis`; under ``torch.compile`` it is computed inline (no Python-side cache in graphs)."""
+    if torch.compiler.is_compiling():
+        return make_basis(idx, size, dtype)
+    key = (index_key(idx), size, idx.device, dtype)
+    hit = _bases.get(key)
+    if hit is None:
+        hit = make_basis(idx, size, dtype)
+        with _lock:
+            _bases[key] = hit
+    return hit
+
+
+def dense_get(spectrum: torch.Tensor, key: tuple) -> torch.Tensor | None:
+    """The cached dense ``dW`` for ``spectrum`` if it was built with exactly ``key`` (versions included)."""
+    hit = _dense.get(spectrum)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    return None
+
+
+def dense_put(spectrum: torch.Tensor, key: tuple, dw: torch.Tensor) -> None:
+    with _lock:
+        _dense[spectrum] = (key, dw)

@@ -1,0 +1,111 @@
+"""The gemm path: materialise ``dW`` once per forward (or once per spectrum version at inference), one matmul.
+
+    forward   dW = delta_weight(...) (float32 ifft2, the package's one definition), cast to the compute dtype
+              y  = x @ dW^T                                   (T, d1)
+    backward  grad_x = g @ dW                                 (T, d2)
+              grad_c = scaling / (d1 d2) * Re(fft2(G))[u, v],  G = g^T x  (d1, d2)
+
+``Re(fft2(G))`` comes from the half spectrum ``rfft2(G)`` (G is real): for ``v > d2/2`` the entry is read at
+``((d1 - u) % d1, d2 - v)``, whose real part is equal. Unlike PEFT's dense path (autograd through a complex
+``d1 x d2`` scatter and ``ifft2``, matmul in float32), the matmuls run in the input dtype and the spectrum's
+gradient needs one real FFT of ``G``. Costs ``d1 d2`` memory per layer (``dW`` is saved for backward): the path for
+small layers (``d1 d2 <= 2 n (d1 + d2)``, e.g. BERT-sized on CPU) and for inference, where ``dW`` is cached per
+spectrum version and reused until the spectrum changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..spectral import delta_weight
+from ._cache import dense_get, dense_put, index_key
+from .fft import half_spec
+
+
+def delta_weight_cached(
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """:func:`fourierft.spectral.delta_weight` cast to ``dtype``, cached on the spectrum tensor.
+
+    The cache entry is checked against ``spectrum._version`` (any optimizer step or in-place edit bumps it), the
+    entries' contents, shape, scaling, device and dtype on every call, and dies with the spectrum. Returns a
+    detached ``(out_features, in_features)`` tensor: for inference and for the gemm path's forward.
+    """
+    compiling = torch.compiler.is_compiling()
+    key = None
+    if not compiling:
+        key = (
+            spectrum._version,
+            index_key(rows),
+            index_key(cols),
+            out_features,
+            in_features,
+            float(scaling),
+            spectrum.device,
+            dtype,
+        )
+        hit = dense_get(spectrum, key)
+        if hit is not None:
+            return hit
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    dw = delta_weight(spectrum.detach(), rows, cols, out_features, in_features, scaling, dtype=work).to(dtype)
+    if key is not None:
+        dense_put(spectrum, key, dw)
+    return dw
+
+
+class GemmSpectralLinear(torch.autograd.Function):
+    """``y = x @ dW.T`` with ``dW`` given (``(d1, d2)``, compute dtype); ``x``: ``(T, d2)``."""
+
+    @staticmethod
+    def forward(ctx, x, spectrum, dw, rows, cols, scale):  # noqa: D102
+        ctx.save_for_backward(x, dw, rows, cols)
+        ctx.scale = scale
+        ctx.spectrum_dtype = spectrum.dtype
+        return x @ dw.T
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        x, dw, rows, cols = ctx.saved_tensors
+        d1, d2 = dw.shape
+        g = g.to(x.dtype)
+        grad_x = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ dw
+        if ctx.needs_input_grad[1]:
+            work = torch.float64 if x.dtype == torch.float64 else torch.float32
+            big = (g.T @ x).to(work)  # (d1, d2), G = sum_t g_t x_t^T
+            spec = torch.fft.rfft2(big)  # (d1, d2//2 + 1)
+            hv, sv, _ = half_spec(cols, d2)
+            u = torch.where(sv > 0, rows, (d1 - rows) % d1)
+            grad_c = (spec.real[u, hv] * ctx.scale).to(ctx.spectrum_dtype)
+        return grad_x, grad_c, None, None, None, None
+
+
+def gemm_linear(
+    x: torch.Tensor,
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
+) -> torch.Tensor:
+    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``."""
+    x2 = x.reshape(-1, in_features)
+    if torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad):
+        # training: dW changes every step, so build it fresh (no cache: it would hold stale memory)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dw = delta_weight(spectrum.detach(), rows, cols, out_features, in_features, scaling, dtype=work).to(x.dtype)
+        scale = scaling / (out_features * in_features)
+        y = GemmSpectralLinear.apply(x2, spectrum, dw, rows, cols, scale)
+    else:
+        dw = delta_weight_cached(spectrum, rows, cols, out_features, in_features, scaling, dtype=x.dtype)
+        y = x2 @ dw.T
+    return y.reshape(*x.shape[:-1], out_features)

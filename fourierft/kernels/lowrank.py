@@ -1,0 +1,75 @@
+"""The low-rank cos/sin path: ``x @ dW.T`` as two skinny matmuls on the tensor cores.
+
+With ``Bu = [cos(2 pi j u_k / d1) | sin(...)]`` of shape ``(d1, 2n)``, ``Bv`` likewise ``(d2, 2n)``,
+``w = scaling / (d1 d2) * [c, -c]`` of shape ``(2n,)``:
+
+    dW        = Bu diag(w) Bv^T                       (exact: cos(a + b) = cos a cos b - sin a sin b)
+    forward   Q = x @ Bv            (T, 2n);  y = (Q * w) @ Bu^T          (T, d1)
+    backward  P = g @ Bu            (T, 2n);  grad_x = (P * w) @ Bv^T     (T, d2)
+              grad_c = scaling / (d1 d2) * (sum_t P Q)[:n] - (sum_t P Q)[n:]
+
+Cost per row: 4 n (d1 + d2) flops forward, about twice that backward, against 2 d1 d2 for a dense layer;
+it pays when ``2n (d1 + d2) < d1 d2`` and runs at matmul speed in the input dtype (bf16/fp16 on GPU, fp32
+accumulation inside the matmul). Only ``Q`` is saved for backward (``x`` is not needed). The bases depend on the
+entries only and are cached per (size, entries, device, dtype), so all layers of one shape share them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._cache import basis
+
+
+def _coeffs(spectrum: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """``w = scale * [c, -c]``, shape ``(2n,)``, in ``dtype``."""
+    c = spectrum.to(torch.float64 if dtype == torch.float64 else torch.float32) * scale
+    return torch.cat([c, -c]).to(dtype)
+
+
+class LowRankSpectralLinear(torch.autograd.Function):
+    """``y = x @ dW.T`` through the cos/sin factorisation. ``x``: ``(T, d2)`` in the compute dtype."""
+
+    @staticmethod
+    def forward(ctx, x, spectrum, bu, bv, scale):  # noqa: D102 (shapes in the class docstring)
+        w = _coeffs(spectrum, scale, x.dtype)  # (2n,)
+        q = x @ bv  # (T, 2n)
+        y = (q * w) @ bu.T  # (T, d1)
+        ctx.save_for_backward(q, spectrum, bu, bv)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        q, spectrum, bu, bv = ctx.saved_tensors
+        n = spectrum.shape[0]
+        g = g.to(q.dtype)
+        p = g @ bu  # (T, 2n)
+        grad_x = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (p * _coeffs(spectrum, ctx.scale, p.dtype)) @ bv.T  # (T, d2)
+        if ctx.needs_input_grad[1]:
+            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            # the reduction over rows in fp32: the products are summed over T (thousands of) rows
+            r = (p.to(acc) * q.to(acc)).sum(0)  # (2n,)
+            grad_c = ((r[:n] - r[n:]) * ctx.scale).to(spectrum.dtype)
+        return grad_x, grad_c, None, None, None
+
+
+def lowrank_linear(
+    x: torch.Tensor,
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
+) -> torch.Tensor:
+    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``."""
+    dtype = x.dtype
+    bu = basis(rows, out_features, dtype)  # (d1, 2n)
+    bv = basis(cols, in_features, dtype)  # (d2, 2n)
+    scale = scaling / (out_features * in_features)
+    x2 = x.reshape(-1, in_features)
+    y = LowRankSpectralLinear.apply(x2, spectrum, bu, bv, scale)
+    return y.reshape(*x.shape[:-1], out_features)
