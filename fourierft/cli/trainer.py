@@ -1,0 +1,150 @@
+"""The pieces the CLI adds to transformers' Trainer: per-group learning rates, keeping the best evaluation's
+weights, and run folders that never leave a half-written result behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ._errors import CLIError
+from .modeling import is_head_param
+
+
+class SplitLRTrainer(Trainer):
+    """Trainer whose optimizer gives the adapter (or body) ``learning_rate`` and the task head ``head_lr``.
+
+    FourierFT coefficients need a learning rate ~100x LoRA's (paper: 5e-2..1.2e-1), which would wreck a freshly
+    initialised head; one lr for both either starves the spectrum or blows up the head. Overriding
+    ``create_optimizer`` keeps everything else of the Trainer (schedulers scale each group's lr, DDP, resume,
+    mixed precision) unchanged.
+    """
+
+    def __init__(self, *args: Any, head: list[str], head_lr: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.head, self.head_lr = head, head_lr
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+            for name, p in opt_model.named_parameters():
+                if p.requires_grad:
+                    groups.setdefault((is_head_param(name, self.head), name in decay), []).append(p)
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(
+                [
+                    {
+                        "params": params,
+                        "lr": self.head_lr if is_head else self.args.learning_rate,
+                        "weight_decay": self.args.weight_decay if decays else 0.0,
+                    }
+                    for (is_head, decays), params in groups.items()
+                ],
+                **kwargs,
+            )
+        return self.optimizer
+
+
+class KeepBest(TrainerCallback):
+    """Snapshot the trainable weights at the best validation score; ``restore`` puts them back after training.
+
+    Cheaper and model-class agnostic compared with ``load_best_model_at_end`` (which reloads whole checkpoints and
+    only knows PreTrainedModel / PEFT's own PeftModel). The snapshot is also written to ``store`` so ``--resume``
+    keeps the best seen before an interruption.
+    """
+
+    def __init__(self, model: torch.nn.Module, metric: str, greater_is_better: bool, store: Path, main: bool):
+        self.model, self.metric, self.greater, self.store, self.main = model, metric, greater_is_better, store, main
+        self.best: float | None = None
+        self.best_step = 0
+        self.state: dict[str, torch.Tensor] | None = None
+        if store.exists():
+            saved = torch.load(store, map_location="cpu", weights_only=True)
+            self.best, self.best_step, self.state = saved["best"], saved["step"], saved["state"]
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any):
+        value = (metrics or {}).get(f"eval_{self.metric}")
+        if value is None:
+            return
+        if self.best is None or (value > self.best if self.greater else value < self.best):
+            self.best, self.best_step = float(value), state.global_step
+            self.state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()
+                          if p.requires_grad}
+            if self.main:
+                tmp = self.store.with_suffix(".tmp")
+                torch.save({"best": self.best, "step": self.best_step, "state": self.state}, tmp)
+                os.replace(tmp, self.store)
+
+    def restore(self) -> None:
+        if self.state is not None:
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, value in self.state.items():
+                    params[name].copy_(value)
+
+
+class CrashAfter(TrainerCallback):
+    """Test hook (``FOURIERFT_CLI_CRASH_AFTER_STEP``): stop as if killed, to exercise ``--resume``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"simulated crash after step {state.global_step}")
+
+
+def run_folders(out: str | None, method: str, *, resume: bool, overwrite: bool) -> tuple[Path, Path]:
+    """``(final, partial)``: everything is written into ``partial`` (``<final>.partial``, which also holds the
+    checkpoints that ``--resume`` continues from) and renamed to ``final`` only when the run succeeded."""
+    if out is not None:
+        final = Path(out)
+        if final.exists() and not final.is_dir():
+            raise CLIError(f"--out {out}: is a file")
+        if final.exists() and any(final.iterdir()) and not overwrite:
+            raise CLIError(f"--out {out}: already exists; pass --overwrite to replace it, or pick another --out")
+        partial = final.with_name(final.name + ".partial")
+        if partial.exists() and not resume:
+            raise CLIError(f"{partial} holds an interrupted run: pass --resume to continue it, or delete it")
+        if resume and not partial.exists():
+            raise CLIError(f"--resume: no interrupted run at {partial}")
+        return final, partial
+    root = Path("runs")
+    partials = sorted(root.glob(f"{method}*.partial"), key=lambda p: p.stat().st_mtime)
+    if resume:
+        if not partials:
+            raise CLIError(f"--resume: no interrupted {method} run under runs/ (pass --out)")
+        return partials[-1].with_name(partials[-1].name.removesuffix(".partial")), partials[-1]
+    for i in range(1, 10_000):
+        final = root / (method if i == 1 else f"{method}-{i}")
+        partial = final.with_name(final.name + ".partial")
+        if not final.exists() and not partial.exists():
+            return final, partial
+    raise CLIError("runs/ is full: pass --out")
+
+
+def publish(partial: Path, final: Path, *, keep_checkpoints: bool = False) -> None:
+    """Move a finished run into place (replacing an old one only now, after success)."""
+    if not keep_checkpoints:
+        shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    (partial / "before.json").unlink(missing_ok=True)
+    (partial / "best_trainable.pt").unlink(missing_ok=True)
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, final)
+
+
+def latest_checkpoint(partial: Path) -> str | None:
+    ckpts = sorted((partial / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
