@@ -72,17 +72,27 @@ def _layer_shapes(tuner: FourierFTModel, adapter_name: str) -> dict[str, list[in
     }
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    # FSDP2 shards parameters as DTensors: gathering them is a collective, so every rank must get here.
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def adapter_state_dict(tuner: FourierFTModel, adapter_name: str) -> dict[str, torch.Tensor]:
-    """The adapter's tensors under PEFT's checkpoint keys (detached, contiguous, on the CPU)."""
-    return {PREFIX + k: v.detach().cpu().contiguous() for k, v in _slots(tuner, adapter_name).items()}
+    """The adapter's tensors under PEFT's checkpoint keys (whole, detached, contiguous, on the CPU)."""
+    return {PREFIX + k: _full(v.detach()).cpu().contiguous() for k, v in _slots(tuner, adapter_name).items()}
 
 
-def save_adapter(tuner: FourierFTModel, adapter_name: str, directory: str | os.PathLike) -> None:
-    """Write one adapter's config and weights into ``directory``, each file atomically."""
+def save_adapter(tuner: FourierFTModel, adapter_name: str, directory: str | os.PathLike, write: bool = True) -> None:
+    """Write one adapter's config and weights into ``directory``, each file atomically.
+
+    Under data parallelism every rank calls this (sharded tensors are gathered); only ranks with ``write`` write.
+    """
     if any(t.is_meta for t in _slots(tuner, adapter_name).values()):
         raise ValueError(f"adapter {adapter_name!r} has meta-device weights (low_cpu_mem_usage): load them first")
-    os.makedirs(directory, exist_ok=True)
     tensors = adapter_state_dict(tuner, adapter_name)
+    if not write:
+        return
+    os.makedirs(directory, exist_ok=True)
     metadata = {"format": "pt", _SHAPES_KEY: json.dumps(_layer_shapes(tuner, adapter_name))}
     atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda tmp: save_file(tensors, tmp, metadata=metadata))
     tuner.peft_config[adapter_name].save_pretrained(directory)

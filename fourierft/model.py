@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import FourierFTConfig
 from .layer import FourierFTLayer, conv1d_class
+from .mixed import batch_size_of, mixed_batch
 from .modules_to_save import ModulesToSaveWrapper
 from .targeting import TARGET_MODULE_MAPPING, find_targets
 
@@ -54,8 +55,11 @@ class FourierFTModel(nn.Module):
         self.active_adapters: list[str] = []
         self.inject_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage)
 
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        if adapter_names is None:
+            return self.model(*args, **kwargs)
+        with mixed_batch(self, adapter_names, batch_size_of(args, kwargs)):  # per-row adapters, see fourierft.mixed
+            return self.model(*args, **kwargs)
 
     # --- finding adapter modules ----------------------------------------------------------------------------------
     def fourierft_layers(self) -> Iterator[tuple[str, FourierFTLayer]]:
@@ -75,6 +79,11 @@ class FourierFTModel(nn.Module):
             raise TypeError(f"config must be a FourierFTConfig, got {type(config).__name__}")
         if adapter_name in self.peft_config:
             raise ValueError(f"an adapter named {adapter_name!r} exists already: pick another name or delete it")
+        if not self.peft_config and any(True for _ in self.fourierft_layers()):
+            raise ValueError(
+                "this model already has FourierFT layers (it is another PeftModel's base model): add adapters "
+                "through that PeftModel (add_adapter / load_adapter), or unload() it first"
+            )
         config = config.copy()
         if config.task_type == "SEQ_CLS":  # PEFT trains and saves the classification head with the adapter
             extra = [n for n in ("classifier", "score") if n not in (config.modules_to_save or [])]
@@ -173,6 +182,13 @@ class FourierFTModel(nn.Module):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown or not names:
             raise ValueError(f"unknown adapter(s) {unknown or names}; adapters: {sorted(self.peft_config)}")
+        for key, wrapper in self.saved_modules():  # a full module cannot be summed (PEFT refuses this too)
+            saving = [n for n in names if n in wrapper.modules_to_save]
+            if len(saving) > 1:
+                raise ValueError(
+                    f"Only one adapter can be set at a time for ModulesToSaveWrapper: adapters {saving} each train "
+                    f"their own copy of {key!r} (modules_to_save); activate only one of them"
+                )
         self.active_adapters = names
         for _, module in [*self.fourierft_layers(), *self.saved_modules()]:
             module.set_adapter(names)

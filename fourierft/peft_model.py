@@ -15,6 +15,7 @@ from torch import nn
 
 from .checkpoint import load_into, read_weights, save_adapter
 from .config import FourierFTConfig
+from .mixed import batch_size_of, mixed_batch
 from .model import FourierFTModel, _normalize_names
 
 
@@ -30,11 +31,18 @@ class PeftModel(nn.Module):
             self._enable_input_grads()
 
     # --- passing through ------------------------------------------------------------------------------------------
-    def forward(self, *args, **kwargs):
-        return self.base_model.model(*args, **kwargs)
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        """The wrapped model's forward; ``adapter_names`` (one per row, ``"__base__"`` = none) mixes adapters."""
+        if adapter_names is None:
+            return self.base_model.model(*args, **kwargs)
+        with mixed_batch(self.base_model, adapter_names, batch_size_of(args, kwargs)):
+            return self.base_model.model(*args, **kwargs)
 
-    def generate(self, *args, **kwargs):
-        return self.base_model.model.generate(*args, **kwargs)
+    def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        if adapter_names is None:
+            return self.base_model.model.generate(*args, **kwargs)
+        with mixed_batch(self.base_model, adapter_names, batch_size_of(args, kwargs)):
+            return self.base_model.model.generate(*args, **kwargs)
 
     def get_base_model(self) -> nn.Module:
         return self.base_model.model
@@ -92,9 +100,14 @@ class PeftModel(nn.Module):
         """Inside the block the model computes its base outputs; adapters (re-merged if they were) come back after."""
         merged = {n: list(layer.merged_adapters) for n, layer in self.base_model.fourierft_layers()}
         self.base_model.disable_adapter_layers()
+        trainable = [p for p in self.parameters() if p.requires_grad]  # nothing trains while disabled, as in PEFT
+        for p in trainable:
+            p.requires_grad_(False)
         try:
             yield
         finally:
+            for p in trainable:
+                p.requires_grad_(True)
             self.base_model.enable_adapter_layers()
             for name, layer in self.base_model.fourierft_layers():
                 layer.merge(adapter_names=merged.get(name, []))
@@ -137,8 +150,6 @@ class PeftModel(nn.Module):
             raise TypeError(f"save_pretrained got unsupported arguments {unsupported}")
         if kwargs.get("safe_serialization") is False:
             raise ValueError("fourierft writes safetensors only (safe_serialization=False is not supported)")
-        if not kwargs.get("is_main_process", True):
-            return
         if os.path.isfile(save_directory):
             raise ValueError(f"{os.fspath(save_directory)!r} is a file; save_pretrained needs a directory")
         names = list(self.peft_config) if selected_adapters is None else _normalize_names(selected_adapters)
@@ -146,7 +157,8 @@ class PeftModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown adapter(s) {unknown}; adapters: {sorted(self.peft_config)}")
         for name in names:
-            save_adapter(self.base_model, name, save_directory if name == "default" else os.path.join(save_directory, name))
+            directory = save_directory if name == "default" else os.path.join(save_directory, name)
+            save_adapter(self.base_model, name, directory, write=kwargs.get("is_main_process", True))
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",

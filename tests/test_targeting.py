@@ -132,3 +132,9 @@ def test_seq_cls_adds_head_to_modules_to_save_like_peft_without_touching_config(
     assert model.peft_config["default"].modules_to_save == ["classifier", "score"]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "base_model.model.classifier.modules_to_save.default.weight" in trainable
+
+
+def test_wrapping_an_already_adapted_model_is_refused():
+    model = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=8, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="already has FourierFT layers"):
+        fourierft.get_peft_model(model.get_base_model(), fourierft.FourierFTConfig(n_frequency=8, target_modules=["v_proj"]))
