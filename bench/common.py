@@ -62,9 +62,9 @@ class Direct(nn.Module):
         if self.merged:
             return y
         w = self.base.weight
-        return y + spectral_linear(
-            x, self.spectrum, self.rows, self.cols, w.shape[0], w.shape[1], self.scaling, path=self.path
-        ).to(y.dtype)
+        return spectral_linear(
+            x, self.spectrum, self.rows, self.cols, w.shape[0], w.shape[1], self.scaling, path=self.path, base=y
+        )
 
 
 def target_names(case: str, targets: str) -> list[str] | str:

@@ -14,6 +14,7 @@ from torch import nn
 
 from .entries import spectral_entries
 from .kernels import spectral_linear
+from .quantized import quantization_kind
 from .spectral import delta_weight
 
 
@@ -150,6 +151,12 @@ class FourierFTLayer(nn.Module):
 
     def _weight_delta(self, adapter_name: str) -> torch.Tensor:
         """``dW`` in the base weight's own layout and dtype (transposed for Conv1D)."""
+        kind = quantization_kind(self.base_layer)
+        if kind is not None:  # adding dW to quantized storage would round most of it away, or corrupt packed bits
+            raise ValueError(
+                f"cannot merge into a {kind} weight without losing the adapter: keep it unmerged, or call "
+                "merge_and_unload(dequantize=True) to get float layers holding dequantize(W) + dW"
+            )
         dw = self.get_delta_weight(adapter_name).to(self.base_layer.weight.device)
         return (dw.T if self.fan_in_fan_out else dw).to(self.base_layer.weight.dtype)
 

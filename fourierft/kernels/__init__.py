@@ -38,9 +38,11 @@ __all__ = [
     "spectral_linear",
 ]
 
-# Cost of the fft path per row, in "matmul-flop equivalents" per (d1 + d2): it is memory- and launch-bound, so it is
-# expressed against the matmul paths' flop counts. Measured: see bench/NOTES.md.
-_FFT_COST = {"cuda": 60_000.0, "cpu": 2_000.0}
+# Cost of the fft path per row in "matmul-flop equivalents": K * (d1 + d2) + K_n * n. It is memory- and launch-bound
+# (casts, gathers, scatter-adds over T x n), so it is fitted against the matmul paths' times per layer
+# (bench/kernels.py; H100 bf16 and 2-core CPU fp32, bench/NOTES.md). On the H100 the gemm path beat it at every
+# LLaMA shape and n measured, so it is picked only where d1 * d2 is huge next to d1 + d2 + 3 n.
+_FFT_COST = {"cuda": (17_000.0, 48_000.0), "cpu": (3_000.0, 2_000.0)}
 
 
 def choose_path(
@@ -55,14 +57,18 @@ def choose_path(
 
     * gemm: ``6 d1 d2`` training (forward, input grad, ``G = g^T x``), ``2 d1 d2`` inference (``dW`` cached);
     * lowrank: ``8 n (d1 + d2)`` training, ``4 n (d1 + d2)`` inference;
-    * fft: ``K (d1 + d2)`` training, ``K / 3`` inference, ``K`` measured per device type (``_FFT_COST``).
+    * fft: ``K (d1 + d2) + K_n n`` either way (fitted per device type against the others, ``_FFT_COST``).
+
+    Measured on an H100 (bf16, 4096 rows, n=1000, LLaMA shapes) this picks lowrank for training and inference, and
+    gemm at n=8000; on CPU (fp32, BERT-sized 384 x 384, n=1000) gemm. Ties go to the first listed.
     """
     d1, d2 = out_features, in_features
-    k = _FFT_COST.get(device_type, _FFT_COST["cuda"])
+    k, kn = _FFT_COST.get(device_type, _FFT_COST["cuda"])
+    fft = k * (d1 + d2) + kn * n
     if training:
-        costs = {"gemm": 6.0 * d1 * d2, "lowrank": 8.0 * n * (d1 + d2), "fft": k * (d1 + d2)}
+        costs = {"lowrank": 8.0 * n * (d1 + d2), "gemm": 6.0 * d1 * d2, "fft": fft}
     else:
-        costs = {"gemm": 2.0 * d1 * d2, "lowrank": 4.0 * n * (d1 + d2), "fft": k / 3 * (d1 + d2)}
+        costs = {"lowrank": 4.0 * n * (d1 + d2), "gemm": 2.0 * d1 * d2, "fft": fft}
     return min(costs, key=costs.__getitem__)
 
 
@@ -83,8 +89,14 @@ def spectral_linear(
     in_features: int,
     scaling: float,
     path: Path = "auto",
+    *,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ dW.T``: ``x`` is ``(..., in_features)``, the result ``(..., out_features)`` in ``x.dtype``.
+
+    With ``base`` (the frozen layer's output, ``(..., out_features)``) it returns ``base + x @ dW.T`` in
+    ``base.dtype``; the lowrank path then fuses the addition into its last GEMM (one pass over the output fewer,
+    forward and backward), the other paths add afterwards.
 
     ``spectrum``: ``(n,)`` float32 coefficients; ``rows``, ``cols``: ``(n,)`` int64 entries on the same device.
     ``dW = scaling * Re(ifft2(S))`` (:func:`fourierft.spectral.delta_weight`). Differentiable w.r.t. ``x`` and
@@ -94,17 +106,21 @@ def spectral_linear(
     """
     if path not in _IMPLS and path != "auto":
         raise ValueError(f"unknown FourierFT kernel path {path!r}; allowed: {', '.join(PATHS)}")
-    if path == "dense":
-        return _dense(x, spectrum, rows, cols, out_features, in_features, scaling)
     dev = x.device.type
     if path == "auto":
         training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
         path = choose_path(out_features, in_features, spectrum.shape[0], device_type=dev, training=training)
-    impl = _IMPLS[path]
-    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+    if path != "dense" and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         dtype = torch.get_autocast_dtype(dev)
         if x.dtype == torch.float32 and dtype != torch.float32:
             x = x.to(dtype)
         with torch.autocast(dev, enabled=False):
-            return impl(x, spectrum, rows, cols, out_features, in_features, scaling)
-    return impl(x, spectrum, rows, cols, out_features, in_features, scaling)
+            return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
+    return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
+
+
+def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base):
+    if base is not None and path == "lowrank" and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]:
+        return lowrank_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base=base)
+    y = _IMPLS[path](x, spectrum, rows, cols, out_features, in_features, scaling)
+    return y if base is None else base + y.to(base.dtype)

@@ -8,7 +8,7 @@ Derivation (``scale = scaling / (d1 d2)``; ``R = rfft(x)``, ``(T, d2//2 + 1)``; 
               = scale * d1 * irfft(H)[t, j],   H[t, half(u_k)] += w(u_k) * c_k * (A or conj A)
 
 where ``half(u) = min(u, d1 - u)``, conj is taken when ``u > d1/2`` (the partner bin), and ``w = 1`` on the
-self-conjugate bins (0 and d1/2, whose imaginary part irfft ignores) else ``1/2``. With every sign folded in:
+self-conjugate bins (0 and d1/2, where only the real part counts; the imaginary part is zeroed) else ``1/2``. With every sign folded in:
 
     H_re[:, hu_k] += c_k w_k Rx_re[:, hv_k]       H_im[:, hu_k] += c_k w_k m_k Rx_im[:, hv_k]
     grad_x  : the same with (u, d1) and (v, d2) swapped and R = rfft(g)
@@ -24,14 +24,20 @@ from __future__ import annotations
 import torch
 
 
-def half_spec(idx: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For frequencies ``idx`` in ``[0, d)``: (half-spectrum index ``(n,)`` int64, sign ``s`` (+1 / -1), weight w)."""
+def half_spec(idx: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For frequencies ``idx`` in ``[0, d)``, each ``(n,)``: half-spectrum index (int64), sign ``s`` (+1 / -1),
+    weight of the real part ``w`` and of the imaginary part ``w_im`` when scattered into a half spectrum.
+
+    ``w_im`` is 0 on the self-conjugate bins (0 and d/2): their imaginary part must be exactly zero, because cuFFT's
+    C2R transform (unlike pocketfft on CPU) does not ignore it there and returns wrong values for non-Hermitian input.
+    """
     low = idx <= d // 2
     half = torch.where(low, idx, d - idx)
     sign = torch.where(low, 1.0, -1.0)
     selfconj = (idx == 0) | (2 * idx == d)
     weight = torch.where(selfconj, 1.0, 0.5)
-    return half, sign, weight
+    weight_im = torch.where(selfconj, 0.0, 0.5)
+    return half, sign, weight, weight_im
 
 
 def _spread(r: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, cre: torch.Tensor, cim: torch.Tensor, d_out: int):
@@ -52,12 +58,12 @@ class FFTSpectralLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, spectrum, rows, cols, d1, d2, scale, work):  # noqa: D102
-        hu, su, wu = half_spec(rows, d1)
-        hv, sv, wv = half_spec(cols, d2)
+        hu, su, wu, wu_im = half_spec(rows, d1)
+        hv, sv, _, _ = half_spec(cols, d2)
         c = spectrum.to(work)
         m = (-su * sv).to(work)
         rx = torch.fft.rfft(x.to(work))  # (T, d2//2 + 1)
-        y = _spread(rx, hv, hu, c * wu, c * wu * m, d1) * (scale * d1)
+        y = _spread(rx, hv, hu, c * wu, c * wu_im * m, d1) * (scale * d1)
         ctx.save_for_backward(x, spectrum, rows, cols)
         ctx.dims = (d1, d2, scale, work)
         return y.to(x.dtype)
@@ -66,15 +72,15 @@ class FFTSpectralLinear(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         x, spectrum, rows, cols = ctx.saved_tensors
         d1, d2, scale, work = ctx.dims
-        hu, su, wu = half_spec(rows, d1)
-        hv, sv, wv = half_spec(cols, d2)
+        hu, su, _, _ = half_spec(rows, d1)
+        hv, sv, wv, wv_im = half_spec(cols, d2)
         g = g.to(work)
         c = spectrum.to(work)
         m = (-su * sv).to(work)
         rg = torch.fft.rfft(g)  # (T, d1//2 + 1)
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_x = (_spread(rg, hu, hv, c * wv, c * wv * m, d2) * (scale * d2)).to(x.dtype)
+            grad_x = (_spread(rg, hu, hv, c * wv, c * wv_im * m, d2) * (scale * d2)).to(x.dtype)
         if ctx.needs_input_grad[1]:
             rx = torch.view_as_real(torch.fft.rfft(x.to(work)))[:, hv]  # (T, n, 2)
             gg = torch.view_as_real(rg)[:, hu]  # (T, n, 2)

@@ -82,7 +82,7 @@ class GemmSpectralLinear(torch.autograd.Function):
             work = torch.float64 if x.dtype == torch.float64 else torch.float32
             big = (g.T @ x).to(work)  # (d1, d2), G = sum_t g_t x_t^T
             spec = torch.fft.rfft2(big)  # (d1, d2//2 + 1)
-            hv, sv, _ = half_spec(cols, d2)
+            hv, sv, _, _ = half_spec(cols, d2)
             u = torch.where(sv > 0, rows, (d1 - rows) % d1)
             grad_c = (spec.real[u, hv] * ctx.scale).to(ctx.spectrum_dtype)
         return grad_x, grad_c, None, None, None, None

@@ -5,6 +5,7 @@ With ``Bu = [cos(2 pi j u_k / d1) | sin(...)]`` of shape ``(d1, 2n)``, ``Bv`` li
 
     dW        = Bu diag(w) Bv^T                       (exact: cos(a + b) = cos a cos b - sin a sin b)
     forward   Q = x @ Bv            (T, 2n);  y = (Q * w) @ Bu^T          (T, d1)
+              (with ``base`` given: y = base + ..., fused into the second GEMM through ``addmm``)
     backward  P = g @ Bu            (T, 2n);  grad_x = (P * w) @ Bv^T     (T, d2)
               grad_c = scaling / (d1 d2) * (sum_t P Q)[:n] - (sum_t P Q)[n:]
 
@@ -31,10 +32,14 @@ class LowRankSpectralLinear(torch.autograd.Function):
     """``y = x @ dW.T`` through the cos/sin factorisation. ``x``: ``(T, d2)`` in the compute dtype."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, bu, bv, scale):  # noqa: D102 (shapes in the class docstring)
+    def forward(ctx, x, spectrum, bu, bv, scale, base=None):  # noqa: D102 (shapes in the class docstring)
         w = _coeffs(spectrum, scale, x.dtype)  # (2n,)
         q = x @ bv  # (T, 2n)
-        y = (q * w) @ bu.T  # (T, d1)
+        if base is None:
+            y = (q * w) @ bu.T  # (T, d1)
+        else:
+            # base + (q w) Bu^T in one GEMM (beta = 1 epilogue): saves the layer a separate read-read-write add
+            y = torch.addmm(base, q * w, bu.T)
         ctx.save_for_backward(q, spectrum, bu, bv)
         ctx.scale = scale
         return y
@@ -50,10 +55,11 @@ class LowRankSpectralLinear(torch.autograd.Function):
             grad_x = (p * _coeffs(spectrum, ctx.scale, p.dtype)) @ bv.T  # (T, d2)
         if ctx.needs_input_grad[1]:
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-            # the reduction over rows in fp32: the products are summed over T (thousands of) rows
-            r = (p.to(acc) * q.to(acc)).sum(0)  # (2n,)
+            # products in the compute dtype (one rounding each, unbiased), summed over the T rows in fp32
+            r = (p * q).sum(0, dtype=acc)  # (2n,)
             grad_c = ((r[:n] - r[n:]) * ctx.scale).to(spectrum.dtype)
-        return grad_x, grad_c, None, None, None
+        grad_base = g if ctx.needs_input_grad[5] else None
+        return grad_x, grad_c, None, None, None, grad_base
 
 
 def lowrank_linear(
@@ -64,12 +70,15 @@ def lowrank_linear(
     out_features: int,
     in_features: int,
     scaling: float,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``."""
+    """``x @ dW.T`` (plus ``base``, fused into the last GEMM, when given with ``x``'s dtype and shape ``(..., d1)``)
+    for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``."""
     dtype = x.dtype
     bu = basis(rows, out_features, dtype)  # (d1, 2n)
     bv = basis(cols, in_features, dtype)  # (d2, 2n)
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features)
-    y = LowRankSpectralLinear.apply(x2, spectrum, bu, bv, scale)
+    b2 = None if base is None else base.reshape(-1, out_features)
+    y = LowRankSpectralLinear.apply(x2, spectrum, bu, bv, scale, b2)
     return y.reshape(*x.shape[:-1], out_features)

@@ -1,0 +1,118 @@
+"""Every ``spectral_linear`` path against a float64 reference: forward, input grad, spectrum grad.
+
+The reference is independent of the kernels: ``dW`` from :func:`delta_weight_cos` (the cosine sum in float64) and
+the spectrum gradient from the analytic derivative ``dL/dc_k = scale * sum_jl G_jl cos(2 pi (j u_k/d1 + l v_k/d2))``.
+Half precision is judged on the adapter's contribution (its own output), relative to float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_ref import make_entries, reference, rel, self_conjugate_entries
+
+from fourierft.kernels import PATHS, spectral_linear
+
+FAST = ("gemm", "lowrank", "fft")
+ALL = ("dense", *FAST)
+# (d1, d2): square, tall, wide, odd, prime, power of two, a 1-row / 1-column edge
+SHAPES = [(8, 8), (16, 12), (12, 16), (15, 21), (33, 7), (1, 9), (9, 1), (32, 64)]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def run_path(path, x, c, rows, cols, d1, d2, scaling, g, **kw):
+    xr = x.clone().requires_grad_()
+    cr = c.clone().requires_grad_()
+    y = spectral_linear(xr, cr, rows, cols, d1, d2, scaling, path=path, **kw)
+    y.backward(g)
+    return y, xr.grad, cr.grad
+
+
+def check(path, d1, d2, n, dtype, rows=None, cols=None, lead=(2, 3), seed=0):
+    torch.manual_seed(seed)
+    if rows is None:
+        rows, cols = make_entries(d1, d2, n, seed)
+    c = torch.randn(rows.numel())
+    x = torch.randn(*lead, d2).to(dtype)
+    g = torch.randn(*lead, d1).to(dtype)
+    y, gx, gc = run_path(path, x, c, rows, cols, d1, d2, 3.0, g)
+    ry, rgx, rgc = reference(x, g, c, rows, cols, d1, d2, 3.0)
+    assert y.dtype == dtype and y.shape == (*lead, d1)
+    assert gx.dtype == dtype and gc.dtype == torch.float32
+    tol = TOL[dtype] if path != "dense" or dtype != torch.float64 else 1e-5  # dense is float32 inside (PEFT's)
+    for name, got, want in (("y", y, ry), ("grad_x", gx, rgx), ("grad_c", gc, rgc)):
+        err = rel(got, want)
+        if name == "grad_c":
+            tol = max(tol, 1e-6)  # the spectrum (and so its grad) is float32 by contract
+        assert err < tol, f"{path} {d1}x{d2} n={n} {dtype}: {name} rel err {err:.2e} >= {tol:.0e}"
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nfrac", [0.1, 1.0])
+def test_grid_float64(path, shape, nfrac):
+    d1, d2 = shape
+    check(path, d1, d2, max(1, int(nfrac * d1 * d2)), torch.float64)
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(16, 12), (15, 21), (64, 48)])
+def test_grid_dtypes(path, dtype, shape):
+    d1, d2 = shape
+    check(path, d1, d2, min(40, d1 * d2 // 2), dtype, lead=(64,))
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("shape", [(8, 8), (9, 7), (10, 6)])
+def test_self_conjugate_bins(path, shape):
+    rows, cols = self_conjugate_entries(*shape)
+    check(path, *shape, rows.numel(), torch.float64, rows=rows, cols=cols)
+
+
+@pytest.mark.parametrize("path", FAST)
+@pytest.mark.parametrize("shape", [(6, 5), (4, 8)])
+def test_gradcheck(path, shape):
+    d1, d2 = shape
+    rows, cols = make_entries(d1, d2, 9)
+    x = torch.randn(3, d2, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, c: spectral_linear(x, c, rows, cols, d1, d2, 2.5, path=path)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, c))
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_base_is_added(path, dtype):
+    """``base=`` returns ``base + x @ dW.T`` and passes the upstream grad to ``base`` unchanged."""
+    d1, d2 = 12, 10
+    rows, cols = make_entries(d1, d2, 20)
+    x = torch.randn(5, d2).to(dtype)
+    c = torch.randn(20)
+    base = torch.randn(5, d1).to(dtype).requires_grad_()
+    g = torch.randn(5, d1).to(dtype)
+    y = spectral_linear(x, c, rows, cols, d1, d2, 2.0, path=path, base=base)
+    y.backward(g)
+    ry, _, _ = reference(x, g, c, rows, cols, d1, d2, 2.0)
+    assert y.dtype == dtype
+    assert rel(y.double() - base.detach().double(), ry) < (1e-5 if dtype == torch.float64 else 2e-2)
+    assert torch.equal(base.grad, g)
+
+
+def test_unknown_path_names_the_allowed_ones():
+    rows, cols = make_entries(4, 4, 3)
+    with pytest.raises(ValueError, match="allowed: auto, dense, gemm, lowrank, fft"):
+        spectral_linear(torch.randn(2, 4), torch.randn(3), rows, cols, 4, 4, 1.0, path="nope")
+    assert PATHS == ("auto", "dense", "gemm", "lowrank", "fft")
+
+
+def test_spectrum_grad_only_and_x_grad_only():
+    """Each gradient is computed alone when only one input requires it (needs_input_grad branches)."""
+    rows, cols = make_entries(6, 8, 10)
+    for path in FAST:
+        c = torch.randn(10, requires_grad=True)
+        spectral_linear(torch.randn(3, 8), c, rows, cols, 6, 8, 1.0, path=path).sum().backward()
+        assert c.grad is not None and c.grad.shape == (10,)
+        x = torch.randn(3, 8, requires_grad=True)
+        spectral_linear(x, torch.randn(10), rows, cols, 6, 8, 1.0, path=path).sum().backward()
+        assert x.grad is not None and x.grad.shape == (3, 8)
