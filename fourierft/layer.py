@@ -12,6 +12,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import mixed
 from .entries import spectral_entries
 from .kernels import spectral_linear
 from .quantized import quantization_kind
@@ -107,6 +108,8 @@ class FourierFTLayer(nn.Module):
         self.merged_adapters: list[str] = []
         self.disable_adapters = False
         self.compute_path = "auto"
+        # Per-row adapter names: set only inside fourierft.mixed.mixed_batch (cleared in its finally), else None.
+        self.mixed_adapter_names: list[str] | None = None
 
     # --- adapters -------------------------------------------------------------------------------------------------
     def update_layer(
@@ -190,7 +193,13 @@ class FourierFTLayer(nn.Module):
             self.base_layer.weight.data -= self._weight_delta(self.merged_adapters.pop())
 
     # --- forward --------------------------------------------------------------------------------------------------
+    def adapter_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """One adapter's contribution ``x @ dW.T`` for input ``x`` ``(..., in_features)``."""
+        return self.fourierft_adapters[adapter_name](x, path=self.compute_path)
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.mixed_adapter_names is not None:
+            return mixed.layer_forward(self, x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
             if self.merged:
@@ -198,7 +207,7 @@ class FourierFTLayer(nn.Module):
             return result
         for name in self.active_adapters:
             if name not in self.merged_adapters:
-                result = result + self.fourierft_adapters[name](x, path=self.compute_path).to(result.dtype)
+                result = result + self.adapter_delta(name, x).to(result.dtype)
         return result
 
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@ import copy
 
 from torch import nn
 
+from . import mixed
+
 
 class ModulesToSaveWrapper(nn.Module):
     """Runs the active adapter's trainable copy of a module, or the original when adapters are off."""
@@ -20,6 +22,7 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapter: str | None = None
         self.disable_adapters = False
+        self.mixed_adapter_names: list[str] | None = None  # set only inside fourierft.mixed.mixed_batch
         self.original_module.requires_grad_(False)
         self.update(adapter_name)
 
@@ -49,3 +52,5 @@ class ModulesToSaveWrapper(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.active_module()(*args, **kwargs)
+        if self.mixed_adapter_names is not None:
+            return mixed.wrapper_forward(self, *args, **kwargs)

@@ -128,6 +128,12 @@ class PeftModel(nn.Module):
     def set_compute_path(self, path: str) -> None:
         self.base_model.set_compute_path(path)
 
+    def export_lora(self, save_directory: str | os.PathLike, adapter_name: str = "default", rank: int | None = None):
+        """Write an adapter as a PEFT LoRA checkpoint: exact without ``rank``; see :func:`fourierft.export.export_lora`."""
+        from .export import export_lora
+
+        return export_lora(self, save_directory, adapter_name, rank)
+
     # --- counting -------------------------------------------------------------------------------------------------
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, all)`` parameter counts, as PEFT counts them (adapters and saved copies included)."""
