@@ -38,7 +38,8 @@ class ModulesToSaveWrapper(nn.Module):
         self.active_adapter = next((a for a in adapter_names if a in self.modules_to_save), None)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        self.modules_to_save.pop(adapter_name, None)
+        if adapter_name in self.modules_to_save:  # nn.ModuleDict.pop takes no default
+            del self.modules_to_save[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = next(iter(self.modules_to_save), None)
 

@@ -27,7 +27,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import add_train_arguments
+    from .options import DTYPES, add_train_arguments
 
     parser = argparse.ArgumentParser(prog="fourierft", description="FourierFT fine-tuning from the command line.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="base model id or folder (default: the one the adapter names)")
     p.add_argument("--out", required=True, help="folder for the merged model")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load, merge and save in")
 
     p = sub.add_parser("info", help="show an adapter's config, layers, sizes; --plot its spectrum")
     p.add_argument("adapter")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     return parser
 
 
@@ -69,7 +71,9 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
-    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "datasets", "fourierft"):
+    logging.getLogger().setLevel(logging.ERROR)  # e.g. bitsandbytes warns through the root's last-resort handler
+    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "datasets", "bitsandbytes", "torch", "torchao",
+                 "fourierft"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import transformers

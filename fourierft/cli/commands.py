@@ -136,7 +136,7 @@ def merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise CLIError(f"--out {args.out}: already exists; pass --overwrite to replace it")
-    model, tok, info_ = load_adapted(args.adapter, args.base)
+    model, tok, info_ = load_adapted(args.adapter, args.base, args.dtype)
     adapted = _probe(tok, model)
     merged = model.merge_and_unload()
     diff = (adapted - _probe(tok, merged)).abs().max().item()
@@ -148,7 +148,7 @@ def merge(args: argparse.Namespace) -> int:
     try:
         merged.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        reloaded, _ = load_base(str(tmp), info_["task"], info_["classes"], tok.pad_token_id)
+        reloaded, _ = load_base(str(tmp), info_["task"], info_["classes"], tok.pad_token_id, args.dtype)
         reload_diff = (adapted - _probe(tok, reloaded.eval())).abs().max().item()
         if reload_diff > 1e-3 * scale + 1e-4:
             raise CLIError(f"the saved merged model reloads with logits off by {reload_diff:.3g}: not saved")
@@ -169,9 +169,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
     folder = Path(args.adapter)
     if folder.is_dir() and not (folder / "adapter_config.json").exists() and (folder / "config.json").exists():
-        model, tok, info_ = _full_model(folder)  # a --method full/head result
+        model, tok, info_ = _full_model(folder, args.dtype)  # a --method full/head result
     else:
-        model, tok, info_ = load_adapted(args.adapter, args.base)
+        model, tok, info_ = load_adapted(args.adapter, args.base, args.dtype)
     meta = info_["meta"]
     if args.data == "rotten-tomatoes":
         rows = getattr(rotten_tomatoes(args.split_seed), args.split)
@@ -212,13 +212,13 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _full_model(folder: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+def _full_model(folder: Path, dtype: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
     task = meta.get("task", "classification")
     cfg = load_config(str(folder))
     classes = meta.get("classes") or [cfg.id2label[i] for i in range(cfg.num_labels)]
     tok = load_tokenizer(str(folder))
-    model, _ = load_base(str(folder), task, classes, tok.pad_token_id)
+    model, _ = load_base(str(folder), task, classes, tok.pad_token_id, dtype)
     return model.eval(), tok, {"task": task, "classes": classes, "meta": meta, "base": str(folder)}
 
 

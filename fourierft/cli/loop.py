@@ -77,15 +77,18 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from .encode import CausalCollator, accuracy_metrics, argmax_logits, token_accuracy
-    from .trainer import CrashAfter, KeepBest, SplitLRTrainer, latest_checkpoint
+    from .runs import latest_checkpoint
+    from .trainer import CrashAfter, KeepBest, SplitLRTrainer
 
     spe = steps_per_epoch(args, len(train_set))
     every = max(1, spe // max(1, args.evals_per_epoch))
+    total = args.max_steps if args.max_steps > 0 else math.ceil(spe * args.epochs)
+    warmup = int(args.warmup * total) if args.warmup < 1 else int(args.warmup)  # an int on every transformers 5.x
     targs = TrainingArguments(
         output_dir=str(partial / "checkpoints"), num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup, lr_scheduler_type=args.scheduler,
+        warmup_steps=warmup, lr_scheduler_type=args.scheduler,
         logging_steps=args.logging_steps or max(1, spe // 10), eval_strategy="steps", eval_steps=every,
         save_strategy="steps", save_steps=every, save_total_limit=1, seed=args.seed, bf16=args.bf16,
         fp16=args.fp16, use_cpu=args.cpu, report_to=args.report_to, dataloader_num_workers=args.num_workers,

@@ -16,7 +16,6 @@ from .data import package_dir
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 META_FILE = "fourierft_cli.json"  # CLI metadata beside an adapter: classes, columns, layer shapes (PEFT ignores it)
-ADAPTER_MARKERS = ("fourierft_spectrum", "lora_")
 
 
 def first_line(exc: BaseException) -> str:
@@ -66,12 +65,17 @@ def load_tokenizer(name: str) -> Any:
     return tok
 
 
-def load_base(name: str, task: str, classes: list[str] | None, pad_id: int | None) -> tuple[nn.Module, set[str]]:
-    """The base model for ``task`` and the names of weights the checkpoint lacked (newly initialised: a head)."""
+def load_base(name: str, task: str, classes: list[str] | None, pad_id: int | None,
+              dtype: str = "float32") -> tuple[nn.Module, set[str]]:
+    """The base model for ``task`` and the names of weights the checkpoint lacked (newly initialised: a head).
+
+    ``dtype`` defaults to float32 whatever the checkpoint holds: transformers 5 otherwise loads a half-precision
+    checkpoint in half precision, and training a head (or merging) in fp16 weights loses the small updates."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = load_config(name)
-    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True, **_local_kwargs(name)}
+    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True, **_local_kwargs(name),
+                              "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if task == "classification":
         assert classes is not None
         config.num_labels = len(classes)
@@ -144,17 +148,18 @@ def param_counts(model: nn.Module, head: list[str]) -> dict[str, int]:
 
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """``{module name in the base model: [out_features, in_features]}`` of each adapted layer."""
+    """``{module name in the base model: [out_features, in_features]}`` of each adapted layer.
+
+    Adapted layers are the modules that wrap a ``base_layer`` and own adapter weights (PEFT's and this package's
+    layers both do; their parameter names differ, so only that structure is relied on)."""
     shapes: dict[str, list[int]] = {}
     for name, module in model.named_modules():
-        if not any(hasattr(module, a) for a in ("fourierft_spectrum", "lora_A")):
+        base = getattr(module, "base_layer", None)
+        if not isinstance(base, nn.Module) or not any(
+                m in pn for pn, _ in module.named_parameters() for m in ("spectrum", "lora_A")):
             continue
-        base = getattr(module, "base_layer", module)
-        out_f = getattr(module, "out_features", None) or getattr(base, "out_features", None)
-        in_f = getattr(module, "in_features", None) or getattr(base, "in_features", None)
-        if out_f is None or in_f is None:  # GPT-2 Conv1D stores W as (in, out)
-            w = base.weight
-            in_f, out_f = (w.shape[0], w.shape[1]) if type(base).__name__ == "Conv1D" else (w.shape[1], w.shape[0])
+        w = base.weight  # GPT-2 Conv1D stores W as (in, out)
+        out_f, in_f = (w.shape[1], w.shape[0]) if type(base).__name__ == "Conv1D" else (w.shape[0], w.shape[1])
         shapes[name.removeprefix("base_model.model.")] = [int(out_f), int(in_f)]
     return shapes
 
@@ -201,17 +206,17 @@ def _classes_from_weights(state: dict[str, torch.Tensor]) -> list[str] | None:
     return None
 
 
-def load_adapted(folder: str, base: str | None) -> tuple[nn.Module, Any, dict[str, Any]]:
+def load_adapted(folder: str, base: str | None, dtype: str = "float32") -> tuple[nn.Module, Any, dict[str, Any]]:
     """``(adapted model in eval mode, tokenizer, info)`` for eval and merge; raises CLIError if it does not fit."""
     path, config, meta, weights = read_adapter(folder)
     state = read_weights(weights)
     name, _ = resolve_model(base or meta.get("base_model") or config.get("base_model_name_or_path"))
     task = "causal-lm" if config.get("task_type") == "CAUSAL_LM" else "classification"
-    classes = meta.get("classes") or _classes_from_weights(state) if task == "classification" else None
+    classes = (meta.get("classes") or _classes_from_weights(state)) if task == "classification" else None
     if task == "classification" and not classes:
         raise CLIError(f"{folder}: cannot tell the number of classes (no {META_FILE}, no classifier weights)")
     tok = load_tokenizer(name)
-    model, _ = load_base(name, task, classes, tok.pad_token_id)
+    model, _ = load_base(name, task, classes, tok.pad_token_id, dtype)
     want = meta.get("layer_shapes", {})
     have = dict(model.named_modules())
     for layer, shape in want.items():
@@ -227,7 +232,8 @@ def load_adapted(folder: str, base: str | None) -> tuple[nn.Module, Any, dict[st
         adapted = loader.from_pretrained(model, str(path), is_trainable=False)
     except Exception as exc:
         raise CLIError(f"adapter {folder} does not fit model '{name}': {first_line(exc)}") from exc
-    _check_loaded(adapted, state, folder, name)
+    if loader is not _api.PeftModel or _api.BACKEND == "peft":
+        _check_loaded(adapted, state, folder, name)  # our loader checks the fit itself; PEFT's only warns
     adapted.eval()
     return adapted, tok, {"base": name, "task": task, "classes": classes, "meta": meta, "config": config}
 

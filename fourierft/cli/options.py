@@ -18,6 +18,9 @@ DEFAULT_LR = {"fourierft": (5e-2, 6e-3), "lora": (5e-4, 5e-4), "full": (5e-5, 5e
 MIN_LR_TIMES_SCALING = 0.5
 
 
+DTYPES = ["float32", "bfloat16", "float16", "auto"]
+
+
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -81,6 +84,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subsample", type=int, default=None, metavar="N",
                    help="train on N examples (validation and test on N/8 each, at least 64): a quick look")
     g.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")
+    g.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="dtype of the loaded base model (bfloat16 halves the memory of large models)")
 
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=list(DEFAULT_LR), default="fourierft",

@@ -17,8 +17,8 @@ import torch
 from . import _api
 from ._errors import CLIError
 from .data import Splits, check_columns, class_names, label_ids, load_splits, subsample, texts
-from .modeling import META_FILE, attach, head_modules, layer_shapes, load_base, load_tokenizer, param_counts, \
-    resolve_model
+from .modeling import META_FILE, attach, head_modules, layer_shapes, load_base, load_config, load_tokenizer, \
+    param_counts, resolve_model
 from .options import fourierft_kwargs, learning_rates, lora_kwargs, lr_warning
 
 IS_MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate only rank 0 prints and writes
@@ -40,6 +40,8 @@ def prepare_data(args: argparse.Namespace) -> tuple[Splits, str, list[str] | Non
     """Load and validate every split before any model is touched: bad data fails in a second."""
     splits = load_splits(args.data, validation=args.validation_data, test=args.test_data,
                          data_config=args.data_config, fractions=args.split, seed=args.split_seed)
+    if not splits.train:
+        raise CLIError("the train split is empty")
     task = _task(args, splits)
     if args.subsample is not None:
         if args.subsample < 2:
@@ -87,16 +89,17 @@ def run(args: argparse.Namespace) -> int:
     if args.bf16 and args.fp16:
         raise CLIError("pick one of --bf16 and --fp16")
     lr, head_lr = learning_rates(args)
-    warning = lr_warning(args, lr)
-    if warning and IS_MAIN:
-        print(warning, file=sys.stderr, flush=True)
     splits, task, classes = prepare_data(args)
-    from .trainer import run_folders
+    from .runs import run_folders
 
     final, partial = run_folders(args.out, args.method, resume=args.resume, overwrite=args.overwrite)
+    warning = lr_warning(args, lr)  # after the input checks, so a bad-input error stays the only stderr line
+    if warning and IS_MAIN:
+        print(warning, file=sys.stderr, flush=True)
     name, display = resolve_model(args.model)
+    load_config(name)  # "unknown model" should say so, not fail later on the tokenizer
     tok = load_tokenizer(name)
-    model, missing = load_base(name, task, classes, tok.pad_token_id)
+    model, missing = load_base(name, task, classes, tok.pad_token_id, args.dtype)
     head = args.modules_to_save if args.modules_to_save is not None else head_modules(model, task, missing)
     model = attach(model, args.method, head, task, fourierft_kwargs(args), lora_kwargs(args))
     counts = param_counts(model, head)
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         from .plots import training_curves
 
         plots = training_curves(result["history"], result["before"], partial, task)
-    from .trainer import publish
+    from .runs import publish
 
     publish(partial, final, keep_checkpoints=args.keep_checkpoints)
     _report(result, counts, total_s, final, plots, task)

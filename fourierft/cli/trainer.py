@@ -1,17 +1,15 @@
-"""The pieces the CLI adds to transformers' Trainer: per-group learning rates, keeping the best evaluation's
-weights, and run folders that never leave a half-written result behind."""
+"""The pieces the CLI adds to transformers' Trainer: per-group learning rates and keeping the best evaluation's
+weights."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ._errors import CLIError
 from .modeling import is_head_param
 
 
@@ -98,53 +96,3 @@ class CrashAfter(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
         if state.global_step >= self.step:
             raise KeyboardInterrupt(f"simulated crash after step {state.global_step}")
-
-
-def run_folders(out: str | None, method: str, *, resume: bool, overwrite: bool) -> tuple[Path, Path]:
-    """``(final, partial)``: everything is written into ``partial`` (``<final>.partial``, which also holds the
-    checkpoints that ``--resume`` continues from) and renamed to ``final`` only when the run succeeded."""
-    if out is not None:
-        final = Path(out)
-        if final.exists() and not final.is_dir():
-            raise CLIError(f"--out {out}: is a file")
-        if final.exists() and any(final.iterdir()) and not overwrite:
-            raise CLIError(f"--out {out}: already exists; pass --overwrite to replace it, or pick another --out")
-        partial = final.with_name(final.name + ".partial")
-        if partial.exists() and not resume:
-            raise CLIError(f"{partial} holds an interrupted run: pass --resume to continue it, or delete it")
-        if resume and not partial.exists():
-            raise CLIError(f"--resume: no interrupted run at {partial}")
-        return final, partial
-    root = Path("runs")
-    partials = sorted(root.glob(f"{method}*.partial"), key=lambda p: p.stat().st_mtime)
-    if resume:
-        if not partials:
-            raise CLIError(f"--resume: no interrupted {method} run under runs/ (pass --out)")
-        return partials[-1].with_name(partials[-1].name.removesuffix(".partial")), partials[-1]
-    for i in range(1, 10_000):
-        final = root / (method if i == 1 else f"{method}-{i}")
-        partial = final.with_name(final.name + ".partial")
-        if not final.exists() and not partial.exists():
-            return final, partial
-    raise CLIError("runs/ is full: pass --out")
-
-
-def publish(partial: Path, final: Path, *, keep_checkpoints: bool = False) -> None:
-    """Move a finished run into place (replacing an old one only now, after success)."""
-    if not keep_checkpoints:
-        shutil.rmtree(partial / "checkpoints", ignore_errors=True)
-    (partial / "before.json").unlink(missing_ok=True)
-    (partial / "best_trainable.pt").unlink(missing_ok=True)
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, final)
-
-
-def latest_checkpoint(partial: Path) -> str | None:
-    ckpts = sorted((partial / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None

@@ -1,0 +1,126 @@
+"""Quality comparison on the default task: FourierFT vs LoRA r=8 (q,v) vs full fine-tuning vs head-only.
+
+Every run is the same user command, ``fourierft train --method M --seed S`` (embedded all-MiniLM-L6-v2 + Rotten
+Tomatoes, same split, epochs and batch), run as separate processes (several at once when a GPU is present), then
+collected from each run's metrics.json into one table.
+
+    python bench/quality.py --out /tmp/quality                      # the matrix below, 3 seeds
+    python bench/quality.py --out /tmp/q --quick                    # 200-example smoke version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MAIN = ["fourierft", "lora", "full", "head"]
+# (name, extra args, extra env): one seed each, to check choices the defaults rest on
+EXTRAS = [
+    ("fourierft-peft-backend", ["--method", "fourierft"], {"FOURIERFT_CLI_BACKEND": "peft"}),
+    ("fourierft-init-zeros", ["--method", "fourierft", "--init-weights", "true"], {}),
+    ("lora-head-lr-6e-3", ["--method", "lora", "--head-lr", "6e-3"], {}),
+    ("lora-r1-scaled", ["--method", "lora", "--lora-r", "1", "--lora-alpha", "2"], {}),
+]
+
+
+def jobs(seeds: list[int], epochs: list[str], extras: bool) -> list[tuple[str, list[str], dict[str, str]]]:
+    out = [(f"{m}-e{e}-s{s}", ["--method", m, "--seed", str(s), "--epochs", e], {})
+           for e in epochs for s in seeds for m in MAIN]
+    if extras:
+        out += [(f"{n}-e{epochs[0]}-s{seeds[0]}", [*a, "--seed", str(seeds[0]), "--epochs", epochs[0]], e)
+                for n, a, e in EXTRAS]
+    return out
+
+
+def run_all(todo: list[tuple[str, list[str], dict[str, str]]], out: Path, common: list[str], parallel: int,
+            deadline_s: float) -> None:
+    """Run the jobs ``parallel`` at a time; start none after ``deadline_s`` (so a time-limited machine returns)."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    pending, running = list(todo), []
+    start = time.time()
+    while pending or running:
+        if pending and time.time() - start > deadline_s:
+            print(f"deadline: {len(pending)} jobs not started: {[n for n, *_ in pending]}", flush=True)
+            pending = []
+        while pending and len(running) < parallel:
+            name, args, env = pending.pop(0)
+            log = open(out / "logs" / f"{name}.log", "w")
+            cmd = [sys.executable, "-m", "fourierft", "train", *args, *common, "--out", str(out / "runs" / name)]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "OMP_NUM_THREADS": "2", **env})
+            running.append((name, proc, time.time()))
+        time.sleep(2)
+        for item in list(running):
+            name, proc, t0 = item
+            if proc.poll() is not None:
+                running.remove(item)
+                print(f"{name}: exit {proc.returncode} after {time.time() - t0:.0f} s", flush=True)
+
+
+def collect(out: Path) -> dict[str, dict]:
+    rows = {}
+    for metrics in sorted((out / "runs").glob("*/metrics.json")):
+        m = json.loads(metrics.read_text())
+        rows[metrics.parent.name] = {
+            "method": m["method"], "seed": m["seed"], "backend": m.get("backend"), "params": m["params"],
+            "before_test": m["before"]["test_accuracy"], "val": m["after"]["val_accuracy"],
+            "test": m["after"]["test_accuracy"], "s_per_epoch": m["s_per_epoch"], "epochs": m["epochs"],
+            "device": m["device"], "lr": m["lr"], "head_lr": m["head_lr"], "sizes": m["sizes"],
+        }
+    return rows
+
+
+def table(rows: dict[str, dict]) -> str:
+    groups: dict[str, list[dict]] = {}
+    for name, r in rows.items():
+        groups.setdefault(name.rsplit("-s", 1)[0], []).append(r)
+    lines = ["| run | adapter params | head params | test acc % (mean of seeds) | per seed | val acc % | s/epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for group, rs in groups.items():
+        tests = [100 * r["test"] for r in rs]
+        sd = f" ± {statistics.stdev(tests):.1f}" if len(tests) > 1 else ""
+        lines.append(f"| {group} | {rs[0]['params']['adapter']:,} | {rs[0]['params']['head']:,} | "
+                     f"{statistics.mean(tests):.1f}{sd} | {', '.join(f'{t:.1f}' for t in tests)} | "
+                     f"{statistics.mean(100 * r['val'] for r in rs):.1f} | "
+                     f"{statistics.mean(r['s_per_epoch'] for r in rs):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", default="42,43,44")
+    p.add_argument("--epochs-list", default="3", help="comma-separated epoch budgets to compare")
+    p.add_argument("--parallel", type=int, default=6)
+    p.add_argument("--deadline", type=float, default=1e9, help="start no job after this many seconds")
+    p.add_argument("--no-extras", action="store_true")
+    p.add_argument("--quick", action="store_true", help="--subsample 200 --epochs 1, one seed, no extras")
+    args, common = p.parse_known_args()
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.quick:
+        seeds, common = seeds[:1], ["--subsample", "200", *common]
+    t0 = time.time()
+    epochs = args.epochs_list.split(",")
+    if args.quick:
+        epochs = ["1"]
+    run_all(jobs(seeds, epochs, not (args.no_extras or args.quick)), out, ["--no-plots", *common], args.parallel,
+            args.deadline)
+    rows = collect(out)
+    text = table(rows)
+    (out / "quality.json").write_text(json.dumps({"rows": rows, "common_args": common,
+                                                  "wall_s": round(time.time() - t0, 1)}, indent=2))
+    (out / "quality.md").write_text(text + "\n")
+    print(text)
+    print(f"wall time {time.time() - t0:.0f} s; device: {next(iter(rows.values()))['device'] if rows else '?'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Fixtures for the CLI tests: tiny random models with an offline tokenizer, toy data, and a subprocess runner.
+
+The CLI is driven as a user drives it (``python -m fourierft ...`` in a subprocess); models are tiny BERT / GPT-2
+configs saved to a temp folder so the whole suite stays fast on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+POS = ["good", "great", "fine", "lovely", "superb", "fun"]
+NEG = ["bad", "awful", "poor", "dull", "boring", "weak"]
+FILLER = ["the", "movie", "film", "was", "a", "plot", "and", "very", "story", "acting"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER, "?", ".", ","]
+
+
+def _tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, eos_token="[SEP]")
+    tok.save_pretrained(folder)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT encoder (like all-MiniLM: a BertModel checkpoint, no classifier)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    _tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def other_bert(tmp_path_factory) -> Path:
+    """A BERT with another hidden size: adapters of ``tiny_bert`` must not fit it."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("other-bert")
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=40, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    _tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 (Conv1D weights: exercises fan_in_fan_out) sharing the toy vocabulary."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    _tokenizer(folder)
+    return folder
+
+
+def review(rng: random.Random, positive: bool) -> str:
+    words = rng.sample(FILLER, 4) + rng.sample(POS if positive else NEG, 2)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory) -> Path:
+    """120 rows of text,label with string classes (pos/neg) that depend on the words."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for i in range(120):
+            w.writerow([review(rng, i % 2 == 0), "pos" if i % 2 == 0 else "neg"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_jsonl(tmp_path_factory) -> Path:
+    """prompt,response rows for causal-LM fine-tuning."""
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
+    with open(path, "w") as fh:
+        for i in range(60):
+            pos = i % 2 == 0
+            fh.write(json.dumps({"prompt": review(rng, pos) + " ?", "response": "good ." if pos else "bad ."}) + "\n")
+    return path

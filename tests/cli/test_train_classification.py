@@ -1,0 +1,84 @@
+"""train -> info -> eval -> merge on a tiny BERT and a toy CSV, through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clitools import cli, ok
+
+N_FREQ = 50
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_bert: Path, toy_csv: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "fft"
+    proc = ok(cli("train", "--model", str(tiny_bert), "--data", str(toy_csv), "--epochs", "2", "--batch-size", "16",
+                  "--n-frequency", str(N_FREQ), "--target-modules", "query,value", "--out", str(out)))
+    assert "accuracy before training" in proc.stdout and "accuracy after training" in proc.stdout
+    assert "96 train / 12 validation / 12 test examples (all of it)" in proc.stdout  # honest about the size
+    return out
+
+
+def test_train_writes_peft_adapter_metrics_and_plots(run_dir: Path) -> None:
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "loss.png", "accuracy.png",
+                 "fourierft_cli.json"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "checkpoints").exists()  # checkpoints are for --resume only
+    assert not run_dir.with_name(run_dir.name + ".partial").exists()
+    config = json.loads((run_dir / "adapter_config.json").read_text())
+    assert config["peft_type"] == "FOURIERFT" and config["n_frequency"] == N_FREQ
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["params"]["adapter"] == 4 * N_FREQ  # 2 layers x (query, value)
+    assert m["params"]["head"] > 0 and m["params"]["total"] > m["params"]["trainable"]
+    assert {"val_accuracy", "test_accuracy"} <= set(m["before"]) and {"val_accuracy", "test_accuracy"} <= set(m["after"])
+    assert m["sizes"] == {"train": 96, "validation": 12, "test": 12}
+    assert m["time_total_s"] > 0 and m["classes"] == ["neg", "pos"]
+
+
+def test_adapter_loads_in_peft(run_dir: Path, tiny_bert: Path) -> None:
+    """Same checkpoint format: Hugging Face PEFT reads the adapter the CLI wrote."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = peft.PeftModel.from_pretrained(base, str(run_dir))
+    assert model.peft_config["default"].n_frequency == N_FREQ
+
+
+def test_info_prints_layers_and_plots_spectrum(run_dir: Path, tmp_path: Path) -> None:
+    png = tmp_path / "spectrum.png"
+    proc = ok(cli("info", str(run_dir), "--plot", str(png)))
+    assert "n_frequency: 50" in proc.stdout
+    assert "encoder.layer.0.attention.self.query  [32 x 32]" in proc.stdout
+    assert f"parameters: {4 * N_FREQ:,} adapter" in proc.stdout
+    assert "adapter_model.safetensors" in proc.stdout and "bytes" in proc.stdout
+    assert png.stat().st_size > 1000
+
+
+def test_eval_scores_a_file(run_dir: Path, toy_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    proc = ok(cli("eval", str(run_dir), "--data", str(toy_csv), "--json", str(out)))
+    assert "accuracy" in proc.stdout and "on 120 examples" in proc.stdout
+    assert 0.0 <= json.loads(out.read_text())["accuracy"] <= 1.0
+
+
+def test_merge_gives_the_adapted_logits(run_dir: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fourierft.cli._api import PeftModel
+
+    merged_dir = tmp_path / "merged"
+    proc = ok(cli("merge", str(run_dir), "--base", str(tiny_bert), "--out", str(merged_dir)))
+    assert "max |logits(merged) - logits(adapter)|" in proc.stdout
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = tok(["the film was good", "a dull boring plot and weak acting"], return_tensors="pt", padding=True)
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    adapted = PeftModel.from_pretrained(base, str(run_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, adapted(**batch).logits, atol=1e-4, rtol=1e-4)
+    assert merged.config.id2label == {0: "neg", 1: "pos"}
