@@ -78,6 +78,8 @@ def _dense(x, spectrum, rows, cols, out_features, in_features, scaling):
 
 
 _IMPLS = {"dense": _dense, "gemm": gemm_linear, "lowrank": lowrank_linear, "fft": fft_linear}
+# paths that can add the frozen layer's output inside their last GEMM
+_FUSED = {"gemm": gemm_linear, "lowrank": lowrank_linear}
 
 
 def spectral_linear(
@@ -95,8 +97,8 @@ def spectral_linear(
     """``x @ dW.T``: ``x`` is ``(..., in_features)``, the result ``(..., out_features)`` in ``x.dtype``.
 
     With ``base`` (the frozen layer's output, ``(..., out_features)``) it returns ``base + x @ dW.T`` in
-    ``base.dtype``; the lowrank path then fuses the addition into its last GEMM (one pass over the output fewer,
-    forward and backward), the other paths add afterwards.
+    ``base.dtype``; lowrank (always) and gemm (at inference) then fuse the addition into their last GEMM (one pass
+    over the output fewer), the other paths add afterwards. Layers should pass it.
 
     ``spectrum``: ``(n,)`` float32 coefficients; ``rows``, ``cols``: ``(n,)`` int64 entries on the same device.
     ``dW = scaling * Re(ifft2(S))`` (:func:`fourierft.spectral.delta_weight`). Differentiable w.r.t. ``x`` and
@@ -120,7 +122,7 @@ def spectral_linear(
 
 
 def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base):
-    if base is not None and path == "lowrank" and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]:
-        return lowrank_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base=base)
+    if base is not None and path in _FUSED and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]:
+        return _FUSED[path](x, spectrum, rows, cols, out_features, in_features, scaling, base=base)
     y = _IMPLS[path](x, spectrum, rows, cols, out_features, in_features, scaling)
     return y if base is None else base + y.to(base.dtype)

@@ -96,8 +96,12 @@ def gemm_linear(
     out_features: int,
     in_features: int,
     scaling: float,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``."""
+    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``.
+
+    At inference a ``base`` of ``x``'s dtype is added inside the GEMM (``addmm``, beta = 1); in training it is
+    added afterwards."""
     x2 = x.reshape(-1, in_features)
     if torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad):
         # training: dW changes every step, so build it fresh (no cache: it would hold stale memory)
@@ -107,5 +111,8 @@ def gemm_linear(
         y = GemmSpectralLinear.apply(x2, spectrum, dw, rows, cols, scale)
     else:
         dw = delta_weight_cached(spectrum, rows, cols, out_features, in_features, scaling, dtype=x.dtype)
+        if base is not None:
+            return torch.addmm(base.reshape(-1, out_features), x2, dw.T).reshape(*x.shape[:-1], out_features)
         y = x2 @ dw.T
-    return y.reshape(*x.shape[:-1], out_features)
+    y = y.reshape(*x.shape[:-1], out_features)
+    return y if base is None else base + y

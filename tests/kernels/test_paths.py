@@ -116,3 +116,17 @@ def test_spectrum_grad_only_and_x_grad_only():
         x = torch.randn(3, 8, requires_grad=True)
         spectral_linear(x, torch.randn(10), rows, cols, 6, 8, 1.0, path=path).sum().backward()
         assert x.grad is not None and x.grad.shape == (3, 8)
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_base_is_added_at_inference(path, dtype):
+    """Under no_grad (the gemm path's cached, fused branch) ``base=`` still gives ``base + x @ dW.T``."""
+    d1, d2 = 9, 14
+    rows, cols = make_entries(d1, d2, 25)
+    x, c, base = torch.randn(2, 3, d2).to(dtype), torch.randn(25), torch.randn(2, 3, d1).to(dtype)
+    with torch.no_grad():
+        y = spectral_linear(x, c, rows, cols, d1, d2, 2.0, path=path, base=base)
+    ry, _, _ = reference(x, torch.zeros(2, 3, d1), c, rows, cols, d1, d2, 2.0)
+    assert y.shape == (2, 3, d1) and y.dtype == dtype
+    assert rel(y.double() - base.double(), ry) < (1e-5 if dtype == torch.float32 else 2e-2)
