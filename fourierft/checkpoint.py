@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from .io import atomic_write
 from .model import FourierFTModel
+from .sampling import check_entries
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
@@ -53,9 +54,13 @@ def _bias_keys(tuner: FourierFTModel, adapter_name: str) -> dict[str, torch.nn.P
 def _slots(tuner: FourierFTModel, adapter_name: str) -> dict[str, torch.Tensor]:
     """Checkpoint key (without ``base_model.model.``) -> the model tensor it holds, for one adapter."""
     slots: dict[str, torch.Tensor] = {}
+    stored = tuner.peft_config[adapter_name].entry_sampling != "uniform"  # see fourierft.sampling
     for name, layer in tuner.fourierft_layers():
         if adapter_name in layer.fourierft_adapters:
             slots[f"{name}.fourierft_spectrum"] = layer.fourierft_adapters[adapter_name].spectrum
+            if stored:  # entries PEFT cannot regenerate travel with the checkpoint
+                slots[f"{name}.fourierft_rows"] = layer.fourierft_adapters[adapter_name].rows
+                slots[f"{name}.fourierft_cols"] = layer.fourierft_adapters[adapter_name].cols
     for name, wrapper in tuner.saved_modules():
         if adapter_name in wrapper.modules_to_save:
             for key, value in wrapper.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
@@ -151,6 +156,10 @@ def load_into(tuner: FourierFTModel, adapter_name: str, state: dict[str, torch.T
               shapes: dict[str, list[int]] | None = None) -> None:
     """Copy a checkpoint into adapter ``adapter_name``; all checks run first, so on error nothing is loaded."""
     matched = check_fits(tuner, adapter_name, state, shapes or {})
+    for name, layer in tuner.fourierft_layers():
+        if f"{name}.fourierft_rows" in matched:
+            check_entries(matched[f"{name}.fourierft_rows"], matched[f"{name}.fourierft_cols"], layer.out_features,
+                          layer.in_features, f"layer {name!r} of the checkpoint")
     device = next((p.device for p in tuner.model.parameters() if not p.is_meta), torch.device("cpu"))
     tuner.materialize(device)
     slots = _slots(tuner, adapter_name)  # after materialising: real tensors now

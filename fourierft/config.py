@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from .io import atomic_write_bytes
+from .sampling import STORED_PEFT_TYPE, check_sampling_fields
 
 CONFIG_NAME = "adapter_config.json"
 PEFT_TYPE = "FOURIERFT"
@@ -25,6 +26,8 @@ TaskType = Literal[
 ]
 # Keys PEFT writes that carry no meaning for the adapter itself.
 _BOOKKEEPING_KEYS = {"peft_type", "peft_version", "auto_mapping"}
+# Fields beyond PEFT's, with the defaults that keep them out of adapter_config.json.
+_EXTENSION_DEFAULTS = {"entry_sampling": "uniform", "frequency_center": None, "frequency_width": None}
 
 
 def _is_int(value: object) -> bool:
@@ -59,6 +62,11 @@ class FourierFTConfig:
         n_frequency_pattern: ``{name or regex: n_frequency}`` overriding ``n_frequency`` for matching layers.
         init_weights: ``False`` (PEFT's default) draws coefficients from ``N(0, 1)``; ``True`` starts at zero.
         inference_mode: freeze the adapter (set by ``from_pretrained(..., is_trainable=False)``).
+        entry_sampling: ``"uniform"`` (PEFT's entries, the default), ``"frequency_biased"`` (the paper's band around
+            ``frequency_center`` of ``frequency_width``) or ``"stored"`` (explicit entries, e.g. a composed
+            adapter); see :mod:`fourierft.sampling`. Non-uniform adapters store their entries in the checkpoint and
+            are saved with ``peft_type`` ``FOURIERFT_STORED_ENTRIES``, which PEFT refuses to load. The three keys
+            are written only when they differ from their defaults, so default configs stay PEFT's JSON byte for byte.
     """
 
     n_frequency: int = 1000
@@ -77,6 +85,9 @@ class FourierFTConfig:
     task_type: TaskType | None = None
     base_model_name_or_path: str | None = None
     revision: str | None = None
+    entry_sampling: str = "uniform"
+    frequency_center: float | None = None
+    frequency_width: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_frequency) or self.n_frequency <= 0:
@@ -103,6 +114,7 @@ class FourierFTConfig:
             self.modules_to_save = list(self.modules_to_save)
         self._check_layers()
         self._check_n_frequency_pattern()
+        check_sampling_fields(self.entry_sampling, self.frequency_center, self.frequency_width)
 
     def _check_layers(self) -> None:
         layers = self.layers_to_transform
@@ -134,7 +146,7 @@ class FourierFTConfig:
 
     @property
     def peft_type(self) -> str:
-        return PEFT_TYPE
+        return PEFT_TYPE if self.entry_sampling == "uniform" else STORED_PEFT_TYPE
 
     def copy(self, **changes: Any) -> FourierFTConfig:
         """A deep, validated copy (the caller's config is never mutated by this package)."""
@@ -145,16 +157,20 @@ class FourierFTConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in _EXTENSION_DEFAULTS and value == _EXTENSION_DEFAULTS[f.name]:
+                continue  # our additions are written only when they differ from the default (PEFT's JSON)
             out[f.name] = sorted(value) if isinstance(value, set) else value
-        out["peft_type"] = PEFT_TYPE
+        out["peft_type"] = self.peft_type
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FourierFTConfig:
         """Build from PEFT's JSON form; a config of another method is refused, unknown keys are dropped with a warning."""
         peft_type = data.get("peft_type", PEFT_TYPE)
-        if peft_type != PEFT_TYPE:
+        if peft_type not in (PEFT_TYPE, STORED_PEFT_TYPE):
             raise ValueError(f"this is a {peft_type} adapter config, not FourierFT (peft_type must be {PEFT_TYPE!r})")
+        if (peft_type == STORED_PEFT_TYPE) != (data.get("entry_sampling", "uniform") != "uniform"):
+            raise ValueError(f"peft_type {peft_type!r} does not match entry_sampling {data.get('entry_sampling')!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - _BOOKKEEPING_KEYS)
         if unknown:

@@ -125,7 +125,7 @@ def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str
         report.ranks[name], report.relative_errors[name] = a.shape[0], err
         fan_in_fan_out |= layer.fan_in_fan_out
     for key, value in _slots(tuner, adapter_name).items():  # modules_to_save copies, trained biases
-        if not key.endswith(".fourierft_spectrum"):
+        if not key.endswith((".fourierft_spectrum", ".fourierft_rows", ".fourierft_cols")):
             tensors[PREFIX + key] = value.detach().cpu().contiguous()
     r = Counter(report.ranks.values()).most_common(1)[0][0] if report.ranks else 1
     pattern = {re.escape(n): k for n, k in report.ranks.items() if k != r}

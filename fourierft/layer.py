@@ -15,6 +15,7 @@ from torch import nn
 from . import mixed
 from .entries import spectral_entries
 from .kernels import spectral_linear
+from .layers_extra import as_weight, check_extra, conv2d_delta, embedding_delta, extra_layer_types, matrix_shape
 from .quantized import quantization_kind
 from .spectral import delta_weight
 
@@ -49,11 +50,13 @@ class SpectralAdapter(nn.Module):
         seed: int,
         init_weights: bool = False,
         device: torch.device | str | None = None,
+        entry_sampler=None,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.scaling, self.seed = scaling, seed
-        rows, cols = spectral_entries(out_features, in_features, n_frequency, seed)
+        # entry_sampler (fourierft.sampling): None = PEFT's uniform entries, regenerated from the seed.
+        rows, cols = (entry_sampler or spectral_entries)(out_features, in_features, n_frequency, seed)
         if device is not None and torch.device(device).type == "meta":
             spectrum = torch.empty(n_frequency, device="meta")  # low_cpu_mem_usage: materialised on load
         elif init_weights:
@@ -99,6 +102,9 @@ class FourierFTLayer(nn.Module):
             self.out_features, self.in_features = base_layer.out_features, base_layer.in_features
         elif conv1d is not None and isinstance(base_layer, conv1d):
             self.in_features, self.out_features = base_layer.weight.shape  # Conv1D stores (in, out)
+        elif isinstance(base_layer, extra_layer_types()):  # Conv2d, Embedding: see fourierft.layers_extra
+            check_extra(base_layer)
+            self.out_features, self.in_features = matrix_shape(base_layer)
         else:
             raise TypeError(f"FourierFT adapts nn.Linear and transformers' Conv1D, not {type(base_layer).__name__}")
         self.base_layer = base_layer
@@ -120,6 +126,7 @@ class FourierFTLayer(nn.Module):
         seed: int,
         init_weights: bool = False,
         low_cpu_mem_usage: bool = False,
+        entry_sampler=None,
     ) -> None:
         """Add (or replace) adapter ``adapter_name`` on this layer, on the base weight's device."""
         if adapter_name in self.merged_adapters:
@@ -127,7 +134,7 @@ class FourierFTLayer(nn.Module):
         weight = self.base_layer.weight
         device = torch.device("meta") if low_cpu_mem_usage or weight.device.type == "meta" else weight.device
         self.fourierft_adapters[adapter_name] = SpectralAdapter(
-            self.out_features, self.in_features, n_frequency, scaling, seed, init_weights, device
+            self.out_features, self.in_features, n_frequency, scaling, seed, init_weights, device, entry_sampler
         )
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -161,6 +168,8 @@ class FourierFTLayer(nn.Module):
                 "merge_and_unload(dequantize=True) to get float layers holding dequantize(W) + dW"
             )
         dw = self.get_delta_weight(adapter_name).to(self.base_layer.weight.device)
+        if isinstance(self.base_layer, extra_layer_types()):
+            return as_weight(self.base_layer, dw).to(self.base_layer.weight.dtype)
         return (dw.T if self.fan_in_fan_out else dw).to(self.base_layer.weight.dtype)
 
     @property
@@ -194,7 +203,12 @@ class FourierFTLayer(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------------------------
     def adapter_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
-        """One adapter's contribution ``x @ dW.T`` for input ``x`` ``(..., in_features)``."""
+        """One adapter's contribution ``x @ dW.T`` for input ``x`` ``(..., in_features)`` (Conv2d: ``conv(x, dW)``,
+        Embedding: ``dW[x]``; see :mod:`fourierft.layers_extra`)."""
+        if isinstance(self.base_layer, nn.Conv2d):
+            return conv2d_delta(self.base_layer, self.fourierft_adapters[adapter_name], x)
+        if isinstance(self.base_layer, nn.Embedding):
+            return embedding_delta(self.base_layer, self.fourierft_adapters[adapter_name], x)
         return self.fourierft_adapters[adapter_name](x, path=self.compute_path)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

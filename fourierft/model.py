@@ -14,8 +14,10 @@ from torch import nn
 
 from .config import FourierFTConfig
 from .layer import FourierFTLayer, conv1d_class
+from .layers_extra import extra_layer_types, matrix_shape
 from .mixed import batch_size_of, mixed_batch
 from .modules_to_save import ModulesToSaveWrapper
+from .sampling import sampler_for
 from .targeting import TARGET_MODULE_MAPPING, find_targets
 
 
@@ -124,7 +126,8 @@ class FourierFTModel(nn.Module):
             _replace(self.model, current_key, target)
         else:
             target.update_layer(adapter_name, n_frequency, fourierft_config.scaling,
-                                fourierft_config.random_loc_seed, fourierft_config.init_weights, low_cpu_mem_usage)
+                                fourierft_config.random_loc_seed, fourierft_config.init_weights, low_cpu_mem_usage,
+                                entry_sampler=sampler_for(fourierft_config))
 
     @staticmethod
     def _create_new_module(fourierft_config, adapter_name, target, **kwargs) -> FourierFTLayer:
@@ -140,7 +143,8 @@ class FourierFTModel(nn.Module):
         layer = FourierFTLayer(target, fan_in_fan_out=is_conv1d)
         layer.update_layer(adapter_name, kwargs.get("n_frequency", fourierft_config.n_frequency),
                            fourierft_config.scaling, fourierft_config.random_loc_seed,
-                           fourierft_config.init_weights, kwargs.get("low_cpu_mem_usage", False))
+                           fourierft_config.init_weights, kwargs.get("low_cpu_mem_usage", False),
+                           entry_sampler=sampler_for(fourierft_config))
         return layer
 
     def _wrap_modules_to_save(self, config: FourierFTConfig, adapter_name: str) -> None:
@@ -156,6 +160,12 @@ class FourierFTModel(nn.Module):
     def _parents(self, key: str) -> list[nn.Module]:
         parts = key.split(".")
         return [self.model.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        """A new adapter with ``dW = sum_i weights[i] dW_i`` on every layer: see :mod:`fourierft.compose`."""
+        from .compose import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter everywhere. The active adapters lose it; if none is left, the first remaining is active."""

@@ -95,6 +95,10 @@ class PeftModel(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         self.base_model.delete_adapter(adapter_name)
 
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        """A new adapter with ``dW = sum_i weights[i] dW_i`` (exact; union of entries): see :mod:`fourierft.compose`."""
+        self.base_model.add_weighted_adapter(adapters, weights, adapter_name)
+
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Inside the block the model computes its base outputs; adapters (re-merged if they were) come back after."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import FourierFTConfig
 from .layer import FourierFTLayer, supported_layer_types
+from .layers_extra import extra_layer_types
 
 ALL_LINEAR = "all-linear"
 SEQ_CLS_HEAD_NAMES = ("score", "classifier")
@@ -131,7 +132,8 @@ def find_targets(model: nn.Module, config: FourierFTConfig) -> list[Target]:
             inside_adapted.add(key)
         if not _matches_name(wanted, key) or not _layer_index_ok(config, key) or _is_excluded(config, key):
             continue
-        if _is_supported(module):
+        # Conv2d/Embedding only when named themselves: "all-linear" and container names mean linear layers.
+        if _is_supported(module) or isinstance(module, extra_layer_types()):
             found[key] = Target(key, module, _n_frequency_for(config, [key]))
             continue
         for sub, child in module.named_modules():  # a container: adapt the supported layers inside it

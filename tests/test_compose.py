@@ -1,0 +1,124 @@
+"""add_weighted_adapter: dW is exactly the weighted sum (float64 cosine formula), savable and loadable."""
+
+from __future__ import annotations
+
+import json
+
+import peft
+import pytest
+import torch
+
+import fourierft
+from fourierft.spectral import delta_weight_cos
+from helpers import assert_close, build, output
+
+
+def cfg(**kw):
+    return fourierft.FourierFTConfig(**kw)
+
+
+def two_adapters(name="llama", a=None, b=None):
+    torch.manual_seed(0)
+    model = fourierft.get_peft_model(build(name), cfg(**(a or dict(target_modules=["q_proj", "v_proj"],
+                                                                     n_frequency=30, random_loc_seed=1))), "a")
+    model.add_adapter("b", cfg(**(b or dict(target_modules=["v_proj", "down_proj"], n_frequency=20, scaling=300.0,
+                                            random_loc_seed=2))))
+    return model.eval()
+
+
+def reference_dw(layer, adapters, weights):
+    """``sum_i w_i dW_i`` in float64 from the cosine formula."""
+    total = torch.zeros(layer.out_features, layer.in_features, dtype=torch.float64)
+    for a, w in zip(adapters, weights):
+        if a in layer.fourierft_adapters:
+            ad = layer.fourierft_adapters[a]
+            total += w * delta_weight_cos(ad.spectrum, ad.rows, ad.cols, ad.out_features, ad.in_features, ad.scaling)
+    return total
+
+
+def merged_reference(name, model, adapters, weights):
+    """The base model with ``W + sum_i w_i dW_i`` written into each adapted layer (float64 sums)."""
+    base = build(name)
+    with torch.no_grad():
+        for lname, layer in model.base_model.fourierft_layers():
+            w = base.get_submodule(lname).weight
+            w += reference_dw(layer, adapters, weights).to(w.dtype)
+    return base
+
+
+def test_weighted_sum_is_exact_with_union_of_entries():
+    model = two_adapters()
+    weights = [0.7, -1.3]
+    model.add_weighted_adapter(["a", "b"], weights, "ab")
+    assert model.active_adapters == ["a"]  # not made active
+    config = model.peft_config["ab"]
+    assert config.entry_sampling == "stored" and config.peft_type == "FOURIERFT_STORED_ENTRIES"
+    for lname, layer in model.base_model.fourierft_layers():
+        new = layer.fourierft_adapters["ab"]
+        want = reference_dw(layer, ["a", "b"], weights)
+        torch.testing.assert_close(new.delta_weight(torch.float64), want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+        sizes = [layer.fourierft_adapters[a].n_frequency for a in "ab" if a in layer.fourierft_adapters]
+        assert max(sizes) <= new.n_frequency <= sum(sizes)  # union: shared entries counted once
+    model.set_adapter("ab")
+    assert_close(output(model, "llama"), output(merged_reference("llama", model, ["a", "b"], weights), "llama"))
+
+
+def test_stored_adapter_saves_loads_and_peft_refuses(tmp_path):
+    model = two_adapters()
+    model.add_weighted_adapter(["a", "b"], [0.5, 2.0], "ab")
+    model.set_adapter("ab")
+    expected = output(model, "llama")
+    model.save_pretrained(tmp_path, selected_adapters=["ab"])
+    saved = json.loads((tmp_path / "ab" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "FOURIERFT_STORED_ENTRIES" and saved["entry_sampling"] == "stored"
+    loaded = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab")
+    torch.testing.assert_close(output(loaded, "llama"), expected, rtol=0, atol=0)
+    # PEFT does not know the type: it refuses instead of regenerating other entries
+    with pytest.raises((KeyError, ValueError), match="FOURIERFT_STORED_ENTRIES"):
+        peft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab")
+
+
+def test_same_entries_stay_peft_compatible(tmp_path):
+    same = dict(target_modules=["q_proj", "v_proj"], n_frequency=30, random_loc_seed=4)
+    model = two_adapters(a=same, b=dict(same, scaling=50.0))
+    model.add_weighted_adapter(["a", "b"], [1.0, 3.0], "ab")
+    assert model.peft_config["ab"].entry_sampling == "uniform"
+    for _, layer in model.base_model.fourierft_layers():
+        assert torch.equal(layer.fourierft_adapters["ab"].rows, layer.fourierft_adapters["a"].rows)
+    model.set_adapter("ab")
+    model.save_pretrained(tmp_path, selected_adapters=["ab"])
+    theirs = peft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab").eval()
+    assert_close(output(theirs, "llama"), output(model, "llama"))
+    assert_close(output(model, "llama"), output(merged_reference("llama", model, ["a", "b"], [1.0, 3.0]), "llama"))
+
+
+def test_heads_combine_as_deltas():
+    a = dict(target_modules=["query"], n_frequency=10, task_type="SEQ_CLS")
+    model = two_adapters("bert", a=a, b=dict(a, random_loc_seed=9))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".modules_to_save." in n:
+                p.add_(torch.randn_like(p))
+    model.add_weighted_adapter(["a", "b"], [0.25, 0.5], "ab")
+    wrapper = next(w for _, w in model.base_model.saved_modules())
+    orig = wrapper.original_module.weight.double()
+    want = orig + 0.25 * (wrapper.modules_to_save["a"].weight.double() - orig) + 0.5 * (
+        wrapper.modules_to_save["b"].weight.double() - orig)
+    torch.testing.assert_close(wrapper.modules_to_save["ab"].weight.double(), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((["a", "zz"], [1, 1], "n"), "unknown"),
+    ((["a", "a"], [1, 1], "n"), "distinct"),
+    ((["a", "b"], [1], "n"), "one weight per adapter"),
+    ((["a", "b"], [1, float("nan")], "n"), "finite"),
+    ((["a", "b"], [1, 1], "b"), "exists already"),
+])
+def test_errors_change_nothing(args, match):
+    model = two_adapters()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        model.add_weighted_adapter(*args)
+    assert sorted(model.peft_config) == ["a", "b"]
+    after = model.state_dict()
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)

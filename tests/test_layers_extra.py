@@ -1,0 +1,157 @@
+"""Conv2d and Embedding: forward, merge/unmerge, save/load and mixed batches against float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fourierft
+from fourierft.layers_extra import embedding_rows
+from fourierft.spectral import delta_weight_cos
+from helpers import VOCAB, assert_close, build
+
+
+class TinyCNN(nn.Module):
+    """A ViT-style patch embedding (4x4 patches, stride 4), a grouped 3x3 conv, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, kernel_size=4, stride=4)
+        self.conv = nn.Conv2d(16, 8, kernel_size=3, padding=1, groups=2, dilation=1, bias=False)
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(torch.relu(self.patch(x)))).flatten(1))
+
+
+def cnn():
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+def images(n=3):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+
+def dw64(layer, name="default"):
+    a = layer.fourierft_adapters[name]
+    return delta_weight_cos(a.spectrum, a.rows, a.cols, a.out_features, a.in_features, a.scaling)
+
+
+def test_conv2d_forward_is_conv_with_w_plus_dw_and_merges():
+    model = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["patch", "conv"],
+                                                                      n_frequency=30, scaling=50.0)).eval()
+    ref = cnn().double()
+    with torch.no_grad():
+        for name in ("patch", "conv"):
+            layer = model.base_model.model.get_submodule(name)
+            assert (layer.out_features, layer.in_features) == {"patch": (16, 48), "conv": (8, 72)}[name]
+            ref.get_submodule(name).weight += dw64(layer).reshape(ref.get_submodule(name).weight.shape)
+        x = images()
+        out = model(x)
+        assert_close(out, ref(x.double()).float())
+        assert not torch.allclose(out, cnn()(x), atol=1e-3)
+        model.merge_adapter()
+        assert_close(model(x), out)
+        model.unmerge_adapter()
+        assert_close(model(x), out)
+        assert_close(model.base_model.model.patch.base_layer.weight, cnn().patch.weight)
+
+
+def test_patch_embedding_equals_the_linear_layer_on_unfolded_patches():
+    """Why the (out, in * kh * kw) view: a stride-k patch conv is a Linear on patches, and gets the same dW."""
+    conv = cnn().patch
+    linear = nn.Linear(48, 16)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.reshape(16, 48))
+        linear.bias.copy_(conv.bias)
+    cfg = dict(n_frequency=40, random_loc_seed=5)
+    wrap = lambda m: fourierft.get_peft_model(nn.Sequential(m), fourierft.FourierFTConfig(target_modules=["0"], **cfg))
+    conv_model, lin_model = wrap(conv), wrap(linear)
+    conv_adapter, lin_adapter = (m.base_model.model[0].fourierft_adapters["default"] for m in (conv_model, lin_model))
+    assert torch.equal(conv_adapter.rows, lin_adapter.rows) and torch.equal(conv_adapter.cols, lin_adapter.cols)
+    with torch.no_grad():
+        lin_adapter.spectrum.copy_(conv_adapter.spectrum)
+    x = images()
+    patches = F.unfold(x, kernel_size=4, stride=4).transpose(1, 2)  # (N, 16 patches, 48)
+    with torch.no_grad():
+        via_conv = conv_model(x).flatten(2).transpose(1, 2)  # (N, 16 patches, 16 channels)
+        via_linear = lin_model(patches)
+    assert_close(via_conv, via_linear)
+
+
+def test_embedding_rows_match_the_dense_formula_and_its_gradient():
+    emb = nn.Embedding(50, 12)
+    model = fourierft.get_peft_model(nn.Sequential(emb), fourierft.FourierFTConfig(target_modules=["0"], n_frequency=25))
+    adapter = model.base_model.model[0].fourierft_adapters["default"]
+    ids = torch.tensor([[3, 7, 3, 49], [0, 7, 11, 25]])
+    rows = embedding_rows(adapter, ids)
+    dense = dw64(model.base_model.model[0])
+    torch.testing.assert_close(rows.double(), dense[ids], rtol=1e-5, atol=1e-5 * dense.abs().max().item())
+    g = torch.randn(rows.shape)
+    (rows * g).sum().backward()
+    grad = adapter.spectrum.grad.clone()
+    adapter.spectrum.grad = None
+    (F.embedding(ids, adapter.delta_weight()) * g).sum().backward()
+    torch.testing.assert_close(grad, adapter.spectrum.grad, rtol=1e-4, atol=1e-4)
+
+
+def llama_with_embeddings(**kw):
+    torch.manual_seed(0)
+    config = fourierft.FourierFTConfig(target_modules=["embed_tokens", "q_proj"], n_frequency=40, scaling=3000.0, **kw)
+    return fourierft.get_peft_model(build("llama"), config).eval()
+
+
+def test_embedding_in_a_model_forward_merge_save_load(tmp_path):
+    model = llama_with_embeddings()
+    emb = model.base_model.model.model.embed_tokens
+    assert isinstance(emb, fourierft.FourierFTLayer) and (emb.out_features, emb.in_features) == (VOCAB, 32)
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model.base_model.model.model.embed_tokens(ids)
+        assert_close(got, F.embedding(ids, emb.base_layer.weight.double() + dw64(emb)).float())
+        out = model(input_ids=ids).logits
+        model.merge_adapter()
+        assert_close(model(input_ids=ids).logits, out)
+        model.unmerge_adapter()
+        model.save_pretrained(tmp_path)
+        loaded = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
+        torch.testing.assert_close(loaded(input_ids=ids).logits, out, rtol=0, atol=0)
+
+
+def test_mixed_batches_on_conv_and_embedding():
+    model = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["patch", "conv"], n_frequency=30,
+                                                                      scaling=50.0), "a")
+    model.add_adapter("b", fourierft.FourierFTConfig(target_modules=["conv"], n_frequency=20, random_loc_seed=2,
+                                                     scaling=80.0))
+    model.eval()
+    x, names = images(3), ["b", "__base__", "a"]
+    with torch.no_grad():
+        mixed = model(x, adapter_names=names)
+        for i, name in enumerate(names):
+            if name == "__base__":
+                with model.disable_adapter():
+                    ref = model(x[i:i + 1])
+            else:
+                model.set_adapter(name)
+                ref = model(x[i:i + 1])
+            assert_close(mixed[i], ref[0])
+    lm = llama_with_embeddings()
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mixed = lm(input_ids=ids, adapter_names=["default", "__base__"]).logits
+        assert_close(mixed[0], lm(input_ids=ids[:1]).logits[0])
+        with lm.disable_adapter():
+            assert_close(mixed[1], lm(input_ids=ids[1:]).logits[0])
+
+
+def test_targeting_and_refusals():
+    model = fourierft.get_peft_model(build("llama"), fourierft.FourierFTConfig(target_modules="all-linear", n_frequency=8))
+    assert not isinstance(model.base_model.model.model.embed_tokens, fourierft.FourierFTLayer)
+    with pytest.raises(TypeError, match="max_norm"):
+        fourierft.get_peft_model(nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)),
+                                 fourierft.FourierFTConfig(target_modules=["0"], n_frequency=4))
+    with pytest.raises(ValueError, match="LoRA export"):
+        llama_with_embeddings().export_lora("/nonexistent/never-written")
