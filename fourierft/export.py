@@ -13,7 +13,9 @@ layer (``alpha_pattern``), so LoRA's scaling is 1. Errors are measured in float6
 :func:`fourierft.spectral.delta_weight` on the float32 factors actually written.
 
 GPT-2 ``Conv1D`` layers need ``fan_in_fan_out=True`` in PEFT LoRA; ``lora_A``/``lora_B`` keep the
-``(r, in)``/``(out, r)`` shapes there too. ``modules_to_save`` copies and trained biases are written under the same
+``(r, in)``/``(out, r)`` shapes there too. ``Conv2d`` (groups 1): ``A`` becomes a ``kh x kw`` conv to ``r`` channels
+(the same ``(out, in * kh * kw)`` view as :mod:`fourierft.layers_extra`), ``B`` a ``1 x 1`` conv. ``Embedding``:
+PEFT's ``lora_embedding_A = B^T``, ``lora_embedding_B = A^T``. ``modules_to_save`` copies and trained biases are written under the same
 keys as our own checkpoints (PEFT's generic layout).
 """
 
@@ -95,8 +97,23 @@ def _layer_factors(layer: FourierFTLayer, adapter_name: str, rank: int | None):
 def _check_exportable(layer: FourierFTLayer, name: str) -> None:
     conv1d = conv1d_class()
     base = layer.base_layer
-    if not isinstance(base, torch.nn.Linear) and not (conv1d is not None and isinstance(base, conv1d)):
-        raise ValueError(f"layer {name!r} is a {type(base).__name__}: LoRA export handles Linear and Conv1D layers")
+    if isinstance(base, torch.nn.Conv2d) and base.groups != 1:
+        raise ValueError(f"layer {name!r} is a grouped Conv2d (groups={base.groups}): LoRA export needs groups=1")
+    if not isinstance(base, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)) and not (
+            conv1d is not None and isinstance(base, conv1d)):
+        raise ValueError(f"layer {name!r} is a {type(base).__name__}: LoRA export handles Linear, Conv1D, Conv2d "
+                         "and Embedding layers")
+
+
+def _lora_tensors(layer: FourierFTLayer, name: str, b: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PEFT LoRA's tensors for ``dW = B @ A`` (``B`` ``(d1, r)``, ``A`` ``(r, d2)``) in the layer's LoRA layout."""
+    base, key = layer.base_layer, PREFIX + name
+    if isinstance(base, torch.nn.Conv2d):  # lora_A: a kxk conv to r channels on the (in*kh*kw) view; lora_B: 1x1
+        return {f"{key}.lora_A.weight": a.reshape(a.shape[0], *base.weight.shape[1:]).contiguous(),
+                f"{key}.lora_B.weight": b.reshape(*b.shape, 1, 1).contiguous()}
+    if isinstance(base, torch.nn.Embedding):  # PEFT: dW = (lora_embedding_B @ lora_embedding_A).T
+        return {f"{key}.lora_embedding_A": b.T.contiguous(), f"{key}.lora_embedding_B": a.T.contiguous()}
+    return {f"{key}.lora_A.weight": a.contiguous(), f"{key}.lora_B.weight": b.contiguous()}
 
 
 def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str = "default",
@@ -120,8 +137,7 @@ def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str
     fan_in_fan_out = False
     for name, layer in layers:
         b, a, err = _layer_factors(layer, adapter_name, rank)
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = a.contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = b.contiguous()
+        tensors.update(_lora_tensors(layer, name, b, a))
         report.ranks[name], report.relative_errors[name] = a.shape[0], err
         fan_in_fan_out |= layer.fan_in_fan_out
     for key, value in _slots(tuner, adapter_name).items():  # modules_to_save copies, trained biases

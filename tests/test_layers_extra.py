@@ -153,5 +153,23 @@ def test_targeting_and_refusals():
     with pytest.raises(TypeError, match="max_norm"):
         fourierft.get_peft_model(nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)),
                                  fourierft.FourierFTConfig(target_modules=["0"], n_frequency=4))
-    with pytest.raises(ValueError, match="LoRA export"):
-        llama_with_embeddings().export_lora("/nonexistent/never-written")
+    grouped = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["conv"], n_frequency=8))
+    with pytest.raises(ValueError, match="groups=1"):
+        grouped.export_lora("/nonexistent/never-written")
+
+
+def test_conv2d_and_embedding_export_to_peft_lora(tmp_path):
+    import peft
+
+    model = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["patch"], n_frequency=30,
+                                                                      scaling=50.0)).eval()
+    assert model.export_lora(tmp_path / "cnn").max_relative_error < 1e-6
+    theirs = peft.PeftModel.from_pretrained(cnn(), tmp_path / "cnn").eval()
+    with torch.no_grad():
+        assert_close(theirs(images()), model(images()))
+    lm = llama_with_embeddings()
+    assert lm.export_lora(tmp_path / "lm").max_relative_error < 1e-6
+    theirs = peft.PeftModel.from_pretrained(build("llama"), tmp_path / "lm").eval()
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_close(theirs(input_ids=ids).logits, lm(input_ids=ids).logits)
