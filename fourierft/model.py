@@ -18,6 +18,7 @@ from .layers_extra import extra_layer_types, matrix_shape
 from .mixed import batch_size_of, mixed_batch
 from .modules_to_save import ModulesToSaveWrapper
 from .sampling import sampler_for
+from .quantized import merged_float_linear, quantization_kind
 from .targeting import TARGET_MODULE_MAPPING, find_targets
 
 
@@ -108,11 +109,14 @@ class FourierFTModel(nn.Module):
     @staticmethod
     def _check_fits(name: str, module: nn.Module, n_frequency: int) -> None:
         base = module.base_layer if isinstance(module, FourierFTLayer) else module
-        if n_frequency > base.weight.numel():
+        # in/out features, not weight.numel(): quantized weights are stored packed.
+        shape = (base.out_features, base.in_features) if isinstance(base, nn.Linear) else tuple(base.weight.shape)
+        if isinstance(base, extra_layer_types()):  # Conv2d: the (out, in * kh * kw) view; see fourierft.layers_extra
+            shape = matrix_shape(base)
+        if n_frequency > shape[0] * shape[1]:
             raise ValueError(
                 f"n_frequency={n_frequency} is more than layer {name!r} has spectral entries "
-                f"({'x'.join(map(str, base.weight.shape))} = {base.weight.numel()}): lower n_frequency or set "
-                "n_frequency_pattern for it"
+                f"({shape[0]}x{shape[1]} = {shape[0] * shape[1]}): lower n_frequency or set n_frequency_pattern for it"
             )
 
     def _create_and_replace(self, fourierft_config, adapter_name, target, target_name, parent, current_key,
@@ -256,9 +260,11 @@ class FourierFTModel(nn.Module):
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """Merge adapters into the weights (idempotent). ``safe_merge`` checks every layer first: on NaN/inf it raises
-        ``ValueError`` and no weight changes."""
-        names = self._merge_names(adapter_names)
-        layers = [layer for _, layer in self.fourierft_layers()]
+        ``ValueError`` and no weight changes. Quantized layers refuse (see :mod:`fourierft.quantized`)."""
+        self._merge([layer for _, layer in self.fourierft_layers()], self._merge_names(adapter_names), safe_merge)
+
+    @staticmethod
+    def _merge(layers: list[FourierFTLayer], names: list[str], safe_merge: bool) -> None:
         if safe_merge:
             for layer in layers:
                 layer.check_merge([n for n in names if n in layer.fourierft_adapters and n not in layer.merged_adapters])
@@ -269,11 +275,30 @@ class FourierFTModel(nn.Module):
         for _, layer in self.fourierft_layers():
             layer.unmerge()
 
-    def _unload(self, merge: bool, safe_merge: bool = False, adapter_names: list[str] | None = None) -> nn.Module:
+    def _unload(self, merge: bool, safe_merge: bool = False, adapter_names: list[str] | None = None,
+                dequantize: bool = False) -> nn.Module:
+        layers = dict(self.fourierft_layers())
+        quantized = {n for n, layer in layers.items() if quantization_kind(layer.base_layer)}
+        replacements = {n: layer.base_layer for n, layer in layers.items()}
         if merge:
-            self.merge_adapter(adapter_names, safe_merge=safe_merge)
-        for name, layer in list(self.fourierft_layers()):
-            _replace(self.model, name, layer.base_layer)
+            if quantized and not dequantize:
+                name = min(quantized)
+                raise ValueError(
+                    f"layer {name!r} has a {quantization_kind(layers[name].base_layer)} weight: merging into it would "
+                    "lose the adapter. Pass dequantize=True for float layers holding dequantize(W) + dW, or keep "
+                    "the adapter unmerged"
+                )
+            names = self._merge_names(adapter_names)
+            for name in quantized:  # new float layers: built (and checked) before anything changes
+                layer = layers[name]
+                delta = sum((layer.get_delta_weight(a) for a in names if a in layer.fourierft_adapters),
+                            torch.zeros(layer.out_features, layer.in_features, device=layer.base_layer.weight.device))
+                replacements[name] = merged_float_linear(layer.base_layer, delta)
+                if safe_merge and not torch.isfinite(replacements[name].weight).all():
+                    raise ValueError(f"NaN or inf in the merged weights of {name!r}: an adapter seems to be broken")
+            self._merge([layers[n] for n in layers if n not in quantized], names, safe_merge)
+        for name, replacement in replacements.items():
+            _replace(self.model, name, replacement)
         for name, wrapper in list(self.saved_modules()):
             _replace(self.model, name, wrapper.active_module() if merge else wrapper.original_module)
         self.peft_config.clear()
@@ -281,9 +306,12 @@ class FourierFTModel(nn.Module):
         return self.model
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
-        """Merge the (given or active) adapters and return the plain model, trained ``modules_to_save`` in place."""
-        return self._unload(merge=True, safe_merge=safe_merge, adapter_names=adapter_names)
+                         adapter_names: list[str] | None = None, dequantize: bool = False) -> nn.Module:
+        """Merge the (given or active) adapters and return the plain model, trained ``modules_to_save`` in place.
+
+        Adapted quantized layers need ``dequantize=True``: they become float ``nn.Linear`` layers holding
+        ``dequantize(W) + dW`` (other quantized layers stay quantized)."""
+        return self._unload(merge=True, safe_merge=safe_merge, adapter_names=adapter_names, dequantize=dequantize)
 
     def unload(self) -> nn.Module:
         """Remove every adapter without merging: the original model comes back."""

@@ -123,8 +123,8 @@ class PeftModel(nn.Module):
         self.base_model.unmerge_adapter()
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
-        return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names)
+                         adapter_names: list[str] | None = None, dequantize: bool = False) -> nn.Module:
+        return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names, dequantize)
 
     def unload(self) -> nn.Module:
         return self.base_model.unload()
@@ -143,8 +143,11 @@ class PeftModel(nn.Module):
         """``(trainable, all)`` parameter counts, as PEFT counts them (adapters and saved copies included)."""
         trainable = total = 0
         for p in self.parameters():
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
+            count = p.numel()
+            if type(p).__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte of storage
+                count *= 2 * p.element_size()
+            total += count
+            trainable += count if p.requires_grad else 0
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
