@@ -17,6 +17,7 @@ import math
 import threading
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 _lock = threading.Lock()
@@ -73,14 +74,34 @@ def basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
     return hit
 
 
+# Fused optimizers (torch.optim.AdamW(fused=True), transformers' default "adamw_torch_fused") write parameters
+# without bumping ``_version``, so a version check alone serves a stale dW after a step. Every optimizer step
+# anywhere bumps this generation through torch's global post-step hook, which invalidates every cached dW.
+_generation = 0
+
+
+def _bump_generation(*_: object) -> None:
+    global _generation
+    _generation += 1
+
+
+register_optimizer_step_post_hook(_bump_generation)
+
+
+def _dense_key(spectrum: torch.Tensor, key: tuple) -> tuple:
+    # data_ptr: `param.data = new_tensor` swaps storage without touching the old tensor's version.
+    return (key, _generation, spectrum.data_ptr())
+
+
 def dense_get(spectrum: torch.Tensor, key: tuple) -> torch.Tensor | None:
-    """The cached dense ``dW`` for ``spectrum`` if it was built with exactly ``key`` (versions included)."""
+    """The cached dense ``dW`` for ``spectrum`` if it was built with exactly ``key`` (versions included) and no
+    optimizer has stepped since."""
     hit = _dense.get(spectrum)
-    if hit is not None and hit[0] == key:
+    if hit is not None and hit[0] == _dense_key(spectrum, key):
         return hit[1]
     return None
 
 
 def dense_put(spectrum: torch.Tensor, key: tuple, dw: torch.Tensor) -> None:
     with _lock:
-        _dense[spectrum] = (key, dw)
+        _dense[spectrum] = (_dense_key(spectrum, key), dw)
