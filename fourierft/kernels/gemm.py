@@ -1,6 +1,7 @@
 """The gemm path: materialise ``dW`` once per forward (or once per spectrum version at inference), one matmul.
 
-    forward   dW = delta_weight(...) (float32 ifft2, the package's one definition), cast to the compute dtype
+    forward   dW = delta_weight(...) (float32 ifft2, the package's one definition), held unscaled (dW / scale, with
+              scale = scaling / (d1 d2)) in the compute dtype; scale is the GEMMs' alpha (see ``_mm.py``)
               y  = x @ dW^T                                   (T, d1)
     backward  grad_x = g @ dW                                 (T, d2)
               grad_c = scaling / (d1 d2) * Re(fft2(G))[u, v],  G = g^T x  (d1, d2)
@@ -19,6 +20,7 @@ import torch
 
 from ..spectral import delta_weight
 from ._cache import dense_get, dense_put, index_key
+from ._mm import scaled_mm
 from .fft import half_spec
 
 
@@ -61,26 +63,29 @@ def delta_weight_cached(
 
 
 class GemmSpectralLinear(torch.autograd.Function):
-    """``y = x @ dW.T`` with ``dW`` given (``(d1, d2)``, compute dtype); ``x``: ``(T, d2)``."""
+    """``y = scale * x @ dWu.T`` with the unscaled ``dWu = dW / scale`` given (``(d1, d2)``, compute dtype; O(sqrt n)
+    entries, so fp16 neither underflows nor loses digits; ``scale`` is the GEMMs' alpha); ``x``: ``(T, d2)``."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, dw, rows, cols, scale):  # noqa: D102
-        ctx.save_for_backward(x, dw, rows, cols)
+    def forward(ctx, x, spectrum, dwu, rows, cols, scale):  # noqa: D102
+        ctx.save_for_backward(x, dwu, rows, cols)
         ctx.scale = scale
         ctx.spectrum_dtype = spectrum.dtype
-        return x @ dw.T
+        return scaled_mm(x, dwu.T, scale)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        x, dw, rows, cols = ctx.saved_tensors
-        d1, d2 = dw.shape
+        x, dwu, rows, cols = ctx.saved_tensors
+        d1, d2 = dwu.shape
         g = g.to(x.dtype)
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_x = g @ dw
+            grad_x = scaled_mm(g, dwu, ctx.scale)
         if ctx.needs_input_grad[1]:
             work = torch.float64 if x.dtype == torch.float64 else torch.float32
-            big = (g.T @ x).to(work)  # (d1, d2), G = sum_t g_t x_t^T
+            rows_t = max(x.shape[0], 1)
+            # G = sum_t g_t x_t^T, (d1, d2); the mean (alpha = 1/T) cannot overflow fp16, the sum is restored in fp32
+            big = scaled_mm(g.T, x, 1.0 / rows_t).to(work) * rows_t
             spec = torch.fft.rfft2(big)  # (d1, d2//2 + 1)
             hv, sv, _, _ = half_spec(cols, d2)
             u = torch.where(sv > 0, rows, (d1 - rows) % d1)
@@ -98,21 +103,23 @@ def gemm_linear(
     scaling: float,
     base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``.
+    """``x @ dW.T`` (``+ base``) for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``.
 
     At inference a ``base`` of ``x``'s dtype is added inside the GEMM (``addmm``, beta = 1); in training it is
     added afterwards."""
-    x2 = x.reshape(-1, in_features)
+    d1, d2 = out_features, in_features
+    x2 = x.reshape(-1, d2)
+    scale = scaling / (d1 * d2)
+    unscaled = float(d1 * d2)  # delta_weight(scaling = d1 d2) = dW / scale = Re(sum_k c_k e^{...})
     if torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad):
         # training: dW changes every step, so build it fresh (no cache: it would hold stale memory)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        dw = delta_weight(spectrum.detach(), rows, cols, out_features, in_features, scaling, dtype=work).to(x.dtype)
-        scale = scaling / (out_features * in_features)
-        y = GemmSpectralLinear.apply(x2, spectrum, dw, rows, cols, scale)
+        dwu = delta_weight(spectrum.detach(), rows, cols, d1, d2, unscaled, dtype=work).to(x.dtype)
+        y = GemmSpectralLinear.apply(x2, spectrum, dwu, rows, cols, scale)
     else:
-        dw = delta_weight_cached(spectrum, rows, cols, out_features, in_features, scaling, dtype=x.dtype)
+        dwu = delta_weight_cached(spectrum, rows, cols, d1, d2, unscaled, dtype=x.dtype)
         if base is not None:
-            return torch.addmm(base.reshape(-1, out_features), x2, dw.T).reshape(*x.shape[:-1], out_features)
-        y = x2 @ dw.T
-    y = y.reshape(*x.shape[:-1], out_features)
+            return scaled_mm(x2, dwu.T, scale, base.reshape(-1, d1)).reshape(*x.shape[:-1], d1)
+        y = scaled_mm(x2, dwu.T, scale)
+    y = y.reshape(*x.shape[:-1], d1)
     return y if base is None else base + y

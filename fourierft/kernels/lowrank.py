@@ -1,7 +1,7 @@
 """The low-rank cos/sin path: ``x @ dW.T`` as two skinny matmuls on the tensor cores.
 
 With ``Bu = [cos(2 pi j u_k / d1) | sin(...)]`` of shape ``(d1, 2n)``, ``Bv`` likewise ``(d2, 2n)``,
-``w = scaling / (d1 d2) * [c, -c]`` of shape ``(2n,)``:
+``w = scale * [c, -c]`` of shape ``(2n,)``, ``scale = scaling / (d1 d2)``:
 
     dW        = Bu diag(w) Bv^T                       (exact: cos(a + b) = cos a cos b - sin a sin b)
     forward   Q = x @ Bv            (T, 2n);  y = (Q * w) @ Bu^T          (T, d1)
@@ -9,9 +9,9 @@ With ``Bu = [cos(2 pi j u_k / d1) | sin(...)]`` of shape ``(d1, 2n)``, ``Bv`` li
     backward  P = g @ Bu            (T, 2n);  grad_x = (P * w) @ Bv^T     (T, d2)
               grad_c = scaling / (d1 d2) * (sum_t P Q)[:n] - (sum_t P Q)[n:]
 
-Cost per row: 4 n (d1 + d2) flops forward, about twice that backward, against 2 d1 d2 for a dense layer;
-it pays when ``2n (d1 + d2) < d1 d2`` and runs at matmul speed in the input dtype (bf16/fp16 on GPU, fp32
-accumulation inside the matmul). Only ``Q`` is saved for backward (``x`` is not needed). The bases depend on the
+Cost per row: 4 n (d1 + d2) flops forward, the same backward, against 2 d1 d2 for a dense layer; it runs at
+matmul speed in the input dtype (bf16/fp16 on GPU, fp32 accumulation inside the matmul; ``scale`` is applied as
+the GEMM's alpha, see ``_mm.py``). Only ``Q`` is saved for backward (``x`` is not needed). The bases depend on the
 entries only and are cached per (size, entries, device, dtype), so all layers of one shape share them.
 """
 
@@ -20,12 +20,13 @@ from __future__ import annotations
 import torch
 
 from ._cache import basis
+from ._mm import scaled_mm
 
 
-def _coeffs(spectrum: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """``w = scale * [c, -c]``, shape ``(2n,)``, in ``dtype``."""
-    c = spectrum.to(torch.float64 if dtype == torch.float64 else torch.float32) * scale
-    return torch.cat([c, -c]).to(dtype)
+def _coeffs(spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[c, -c]``, shape ``(2n,)``, in ``dtype``; O(1) values (the tiny ``scale`` goes into the GEMM's alpha)."""
+    c = spectrum.to(dtype)
+    return torch.cat([c, -c])
 
 
 class LowRankSpectralLinear(torch.autograd.Function):
@@ -33,13 +34,9 @@ class LowRankSpectralLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, spectrum, bu, bv, scale, base=None):  # noqa: D102 (shapes in the class docstring)
-        w = _coeffs(spectrum, scale, x.dtype)  # (2n,)
         q = x @ bv  # (T, 2n)
-        if base is None:
-            y = (q * w) @ bu.T  # (T, d1)
-        else:
-            # base + (q w) Bu^T in one GEMM (beta = 1 epilogue): saves the layer a separate read-read-write add
-            y = torch.addmm(base, q * w, bu.T)
+        # y = base + scale * (q [c, -c]) Bu^T in one GEMM: alpha = scale, beta = 1 adds the frozen output
+        y = scaled_mm(q * _coeffs(spectrum, q.dtype), bu.T, scale, base)  # (T, d1)
         ctx.save_for_backward(q, spectrum, bu, bv)
         ctx.scale = scale
         return y
@@ -52,9 +49,11 @@ class LowRankSpectralLinear(torch.autograd.Function):
         p = g @ bu  # (T, 2n)
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_x = (p * _coeffs(spectrum, ctx.scale, p.dtype)) @ bv.T  # (T, d2)
+            grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, ctx.scale)  # (T, d2)
         if ctx.needs_input_grad[1]:
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            if q.dtype == torch.float16:  # fp16 products can over/underflow; bf16 has fp32's range
+                p, q = p.float(), q.float()
             # products in the compute dtype (one rounding each, unbiased), summed over the T rows in fp32
             r = (p * q).sum(0, dtype=acc)  # (2n,)
             grad_c = ((r[:n] - r[n:]) * ctx.scale).to(spectrum.dtype)

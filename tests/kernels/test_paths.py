@@ -130,3 +130,15 @@ def test_base_is_added_at_inference(path, dtype):
     ry, _, _ = reference(x, torch.zeros(2, 3, d1), c, rows, cols, d1, d2, 2.0)
     assert y.shape == (2, 3, d1) and y.dtype == dtype
     assert rel(y.double() - base.double(), ry) < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("path", FAST)
+def test_fp16_tiny_scale(path):
+    """LLaMA-sized layers have scale = scaling / (d1 d2) ~ 7e-6: the scale must never sit in an fp16 operand
+    (subnormal: 5e-2 error seen before the GEMM-alpha fix). Emulated on a small layer with a small scaling."""
+    d1, d2, n = 64, 48, 200
+    rows, cols = make_entries(d1, d2, n)
+    x, g, c = torch.randn(256, d2).half(), torch.randn(256, d1).half(), torch.randn(n)
+    y, gx, gc = run_path(path, x, c, rows, cols, d1, d2, 1e-2, g)  # scale 3.3e-6
+    ry, rgx, rgc = reference(x, g, c, rows, cols, d1, d2, 1e-2)
+    assert rel(y, ry) < 2e-3 and rel(gx, rgx) < 2e-3 and rel(gc, rgc) < 2e-3
