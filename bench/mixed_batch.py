@@ -42,6 +42,14 @@ def build(args) -> fourierft.PeftModel:
     return peft_model.eval()
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def timed(fn, repeats: int, device: str) -> float:
     fn()  # warm-up
     times = []
@@ -70,7 +78,7 @@ def main() -> None:
 
     peft_model = build(args)
     ids = torch.randint(0, 1000, (args.rows, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"machine: {machine}; torch {torch.__version__}; LLaMA-shaped hidden {args.hidden}, {args.layers} layers, "
           f"q/v adapters n={args.n}; batch {args.rows} x {args.seq} tokens; forward, median of {args.repeats}\n")
     print("| distinct adapters | mixed batch rows/s | one adapter at a time rows/s | speed-up |")

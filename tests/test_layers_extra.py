@@ -119,6 +119,10 @@ def test_embedding_in_a_model_forward_merge_save_load(tmp_path):
         model.save_pretrained(tmp_path)
         loaded = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
         torch.testing.assert_close(loaded(input_ids=ids).logits, out, rtol=0, atol=0)
+    import peft
+
+    with pytest.raises(TypeError, match="not supported"):  # PEFT refuses the Embedding target loudly
+        peft.PeftModel.from_pretrained(build("llama"), tmp_path)
 
 
 def test_mixed_batches_on_conv_and_embedding():
