@@ -52,6 +52,6 @@ class ModulesToSaveWrapper(nn.Module):
         return self.modules_to_save[self.active_adapter]
 
     def forward(self, *args, **kwargs):
-        return self.active_module()(*args, **kwargs)
         if self.mixed_adapter_names is not None:
             return mixed.wrapper_forward(self, *args, **kwargs)
+        return self.active_module()(*args, **kwargs)
