@@ -38,13 +38,15 @@ def clear_caches() -> None:
 
 
 def index_key(idx: torch.Tensor) -> str:
-    """A content hash of an index vector; re-hashed only when ``idx`` was written in place since the last call."""
+    """A content hash of an index vector; re-hashed only when ``idx`` was written or re-pointed since the last call."""
+    # data_ptr too: ``buf.data = other`` swaps the storage without bumping ``_version``
+    stamp = (idx._version, idx.data_ptr(), idx.numel())
     hit = _index_keys.get(idx)
-    if hit is not None and hit[0] == idx._version:
+    if hit is not None and hit[0] == stamp:
         return hit[1]
     data = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
     key = hashlib.blake2b(data, digest_size=16).hexdigest()
-    _index_keys[idx] = (idx._version, key)
+    _index_keys[idx] = (stamp, key)
     return key
 
 

@@ -147,3 +147,16 @@ def test_cuda_self_conjugate_bins_fft():
         y.backward(g.cuda())
         ry, rgx, rgc = reference(x, g, c, rows, cols, d1, d2, 3.0)
         assert rel(y, ry) < 1e-4 and rel(xr.grad, rgx) < 1e-4 and rel(cr.grad, rgc) < 1e-4
+
+
+def test_bases_follow_swapped_entry_storage():
+    """``rows.data = other`` (no version bump) must not serve the old entries' bases."""
+    d1, d2 = 10, 12
+    rows, cols = make_entries(d1, d2, 15)
+    c, x = torch.randn(15), torch.randn(3, d2)
+    spectral_linear(x, c, rows, cols, d1, d2, 2.0, path="lowrank")
+    rows2, cols2 = make_entries(d1, d2, 15, seed=5)
+    rows.data, cols.data = rows2.clone(), cols2.clone()
+    y = spectral_linear(x, c, rows, cols, d1, d2, 2.0, path="lowrank")
+    ry, _, _ = reference(x, torch.zeros(3, d1), c, rows2, cols2, d1, d2, 2.0)
+    assert rel(y, ry) < 1e-5
