@@ -36,13 +36,13 @@ def build(device: torch.device) -> fourierft.PeftModel:
     return fourierft.get_peft_model(base, adapter)
 
 
-def data(step: int, device: torch.device) -> torch.Tensor:
+def data(step: int, batch: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(1000 + step)
     probs = 1.0 / torch.arange(1, 32001, dtype=torch.float64) ** 1.1
-    return torch.multinomial(probs, GLOBAL_BATCH * SEQ, replacement=True, generator=g).view(GLOBAL_BATCH, SEQ).to(device)
+    return torch.multinomial(probs, batch * SEQ, replacement=True, generator=g).view(batch, SEQ).to(device)
 
 
-def run(mode: str, out: str) -> None:
+def run(mode: str, out: str, batch: int) -> None:
     distributed = mode in ("ddp", "fsdp")
     if distributed:
         dist.init_process_group("nccl")
@@ -68,7 +68,7 @@ def run(mode: str, out: str) -> None:
     losses, times = [], []
     torch.cuda.reset_peak_memory_stats()
     for step in range(STEPS):
-        ids = data(step, device).chunk(world)[rank]
+        ids = data(step, batch, device).chunk(world)[rank]
         torch.cuda.synchronize()
         start = time.perf_counter()
         loss = wrapped(input_ids=ids, labels=ids).loss
@@ -90,7 +90,7 @@ def run(mode: str, out: str) -> None:
                                    300.0)
     if rank == 0:
         record = {"mode": mode, "gpus": world, "card": torch.cuda.get_device_name(device), "losses": losses,
-                  "step_ms": 1000 * step_s, "tokens_per_s": GLOBAL_BATCH * SEQ / step_s,
+                  "global_batch": batch, "step_ms": 1000 * step_s, "tokens_per_s": batch * SEQ / step_s,
                   "peak_gib_per_gpu": torch.cuda.max_memory_allocated(device) / 2**30, "delta": delta.cpu().tolist()}
         with open(out, "w") as fh:
             json.dump(record, fh)
@@ -102,17 +102,23 @@ def compare(paths: list[str]) -> None:
     runs = [json.load(open(p)) for p in paths]
     ref = runs[0]
     ref_delta = torch.tensor(ref["delta"])
-    print(f"card: {ref['card']}; global batch {GLOBAL_BATCH} x {SEQ} tokens, {STEPS} steps, median after {WARMUP}")
-    print("| run | GPUs | step ms | tokens/s | peak GiB/GPU | max rel. loss diff vs 1 GPU | dW rel. diff |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"card: {ref['card']}; sequences of {SEQ} tokens, {STEPS} steps, median step after {WARMUP}; loss and dW")
+    print(f"compared with the first run when the global batch is the same")
+    print("| run | GPUs | global batch | step ms | tokens/s | peak GiB/GPU | max rel. loss diff | dW rel. diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in runs:
+        batch = r.get("global_batch", GLOBAL_BATCH)
+        if batch != ref.get("global_batch", GLOBAL_BATCH):
+            print(f"| {r['mode']} | {r['gpus']} | {batch} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['peak_gib_per_gpu']:.2f} | - | - |")
+            continue
         diff = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], ref["losses"]))
         ddiff = ((torch.tensor(r["delta"]) - ref_delta).norm() / ref_delta.norm()).item()
-        print(f"| {r['mode']} | {r['gpus']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+        print(f"| {r['mode']} | {r['gpus']} | {batch} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
               f"{r['peak_gib_per_gpu']:.2f} | {diff:.2e} | {ddiff:.2e} |")
     print("losses (1 GPU):", " ".join(f"{x:.3f}" for x in ref["losses"][::5]))
     for r in runs[1:]:
-        print(f"losses ({r['mode']}):", " ".join(f"{x:.3f}" for x in r["losses"][::5]))
+        print(f"losses ({r['mode']}, batch {r.get('global_batch', GLOBAL_BATCH)}):", " ".join(f"{x:.3f}" for x in r["losses"][::5]))
 
 
 if __name__ == "__main__":
@@ -120,5 +126,6 @@ if __name__ == "__main__":
     parser.add_argument("mode", choices=["single", "ddp", "fsdp", "compare"])
     parser.add_argument("paths", nargs="*")
     parser.add_argument("--out")
+    parser.add_argument("--global-batch", type=int, default=GLOBAL_BATCH, help="sequences per step, all GPUs")
     args = parser.parse_args()
-    compare(args.paths) if args.mode == "compare" else run(args.mode, args.out)
+    compare(args.paths) if args.mode == "compare" else run(args.mode, args.out, args.global_batch)
