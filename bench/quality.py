@@ -30,6 +30,11 @@ EXTRAS = [
 
 
 QV_ALL = r".*encoder.*\.(query|key|value|dense)$"  # every linear layer of the encoder (not the pooler: head)
+# Third round: the final defaults (length-grouped batches), FourierFT and LoRA on three seeds, references on one.
+FINAL = [
+    *[(f"{m}-s{s}", ["--method", m, "--seed", str(s)], {}) for s in (42, 43, 44) for m in ("fourierft", "lora")],
+    *[(f"{m}-s42", ["--method", m, "--seed", "42"], {}) for m in ("full", "head")],
+]
 # Second round: configurations with >= 10x fewer adapter parameters than LoRA r=8 (73,728 on MiniLM's q,v), against
 # LoRA given the head learning rate FourierFT gets (the stronger baseline).
 SWEEP = [
@@ -89,6 +94,7 @@ def collect(out: Path) -> dict[str, dict]:
             "before_test": m["before"]["test_accuracy"], "val": m["after"]["val_accuracy"],
             "test": m["after"]["test_accuracy"], "s_per_epoch": m["s_per_epoch"], "epochs": m["epochs"],
             "device": m["device"], "lr": m["lr"], "head_lr": m["head_lr"], "sizes": m["sizes"],
+            "group_by_length": m.get("group_by_length"),
         }
     return rows
 
@@ -118,6 +124,7 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=1e9, help="start no job after this many seconds")
     p.add_argument("--no-extras", action="store_true")
     p.add_argument("--sweep", action="store_true", help="run the second-round SWEEP list instead")
+    p.add_argument("--final", action="store_true", help="run the FINAL list (the shipped defaults) instead")
     p.add_argument("--quick", action="store_true", help="--subsample 200 --epochs 1, one seed, no extras")
     args, common = p.parse_known_args()
     out = Path(args.out)
@@ -128,7 +135,7 @@ def main() -> int:
     epochs = args.epochs_list.split(",")
     if args.quick:
         epochs = ["1"]
-    todo = SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
+    todo = FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
     run_all(todo, out, ["--no-plots", *common], args.parallel,
             args.deadline)
     rows = collect(out)

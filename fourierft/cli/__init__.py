@@ -87,8 +87,8 @@ def _quiet() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+    if args.command is None:  # bare `fourierft` (or `fourierft --verbose`) runs the default: train
+        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "train"])
     if not args.verbose:
         _quiet()
     try:
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as exc:
         print(f"fourierft {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fourierft info ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"fourierft {args.command}: interrupted", file=sys.stderr)
         return 130

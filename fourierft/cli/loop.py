@@ -57,7 +57,8 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
         f"= {counts['trainable']:,} of {counts['total']:,} parameters ({100 * counts['trainable'] / counts['total']:.2f}%)",
         f"  optimiser: AdamW, lr {lr:g} ({'coefficients' if args.method == 'fourierft' else 'body'}) / {head_lr:g} (head), "
         f"{args.scheduler} schedule, warm-up {args.warmup:g}; {total} steps "
-        f"({args.epochs:g} epochs x {spe} steps, batch {args.batch_size} x {args.grad_accum} x {_world()} devices)",
+        f"({args.epochs:g} epochs x {spe} steps, batch {args.batch_size} x {args.grad_accum} x {_world()} devices"
+        f"{', length-grouped' if args.group_by_length else ''})",
         f"  device: {_device(args)}, {precision}",
     ]
     record = {"method": args.method, "model": display, "data": splits.source, "data_notes": splits.notes,
@@ -67,6 +68,7 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
               "lr": lr, "head_lr": head_lr, "steps": total, "steps_per_epoch": spe, "epochs": args.epochs,
               "batch_size": args.batch_size, "grad_accum": args.grad_accum, "max_length": args.max_length,
               "seed": args.seed, "split_seed": args.split_seed, "precision": precision,
+              "group_by_length": args.group_by_length,
               "fourierft": {"n_frequency": args.n_frequency, "scaling": args.scaling,
                             "random_loc_seed": args.random_loc_seed} if args.method == "fourierft" else None}
     return {"lines": lines, "record": record}
@@ -97,6 +99,12 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         # version counters, which caches keyed on them cannot see (docs/cli-needs.md)
         optim="adamw_torch",
     )
+    if args.group_by_length:  # batches of similar length: less padding (RT snippets: 27 tokens mean, 68 max)
+        fields = TrainingArguments.__dataclass_fields__
+        if "train_sampling_strategy" in fields:  # transformers >= 5.2x; older 5.x has the boolean
+            targs.train_sampling_strategy = "group_by_length"
+        elif "group_by_length" in fields:
+            targs.group_by_length = True
     collator = DataCollatorWithPadding(tok) if task == "classification" else CausalCollator(tok.pad_token_id)
     keep = KeepBest(model, "accuracy", True, partial / "best_trainable.pt", main=targs.process_index == 0)
     callbacks: list[Any] = [keep]

@@ -62,13 +62,13 @@ def spectrum(layers: list[tuple[str, list[int], torch.Tensor, torch.Tensor, torc
     n = len(layers)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained")
     vmax = max(float(c.abs().max()) for *_, c in layers) or 1.0
     for ax, (name, shape, u, v, c) in zip(axes.flat, layers):
         sc = ax.scatter(v.numpy(), u.numpy(), c=c.float().numpy(), cmap="coolwarm", vmin=-vmax, vmax=vmax, s=4)
         ax.set_xlim(0, shape[1])
         ax.set_ylim(shape[0], 0)  # row 0 at the top, like the matrix
-        ax.set_title(name if len(name) < 40 else "..." + name[-37:], fontsize=8)
+        ax.set_title(name if len(name) < 36 else "..." + name[-33:], fontsize=7)
         ax.set_xlabel("column frequency v", fontsize=7)
         ax.set_ylabel("row frequency u", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         raise
     if not IS_MAIN:
         return 0
+    for cfg in getattr(model, "peft_config", {}).values():  # PEFT records the base; needed by merge/eval elsewhere
+        if getattr(cfg, "base_model_name_or_path", "") in (None, ""):
+            cfg.base_model_name_or_path = name
     model.save_pretrained(str(partial))
     if args.method in ("full", "head"):
         tok.save_pretrained(str(partial))  # a full model folder should be usable on its own

@@ -1,0 +1,50 @@
+"""`fourierft train` under torchrun (DDP through transformers' Trainer, gloo on the CPU): no code change needed.
+
+The library-level check that data-parallel training equals one process is tests/test_distributed.py; here the CLI
+must run on two processes, print and write once (rank 0), and save an ordinary adapter that loads anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clitools import REPO, ok
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+
+
+def test_train_under_torchrun_two_processes(tiny_bert, toy_csv, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+         "-m", "fourierft", "train", "--model", str(tiny_bert), "--data", str(toy_csv), "--n-frequency", "64",
+         "--epochs", "1", "--batch-size", "8", "--cpu", "--no-plots", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    ok(proc)
+    assert "x 2 devices" in proc.stdout  # the run reports what it ran: 2 data-parallel processes
+    assert proc.stdout.count("accuracy after training") == 1  # rank 0 alone reports
+    adapters = [p for p in out.rglob("adapter_model.safetensors")]
+    assert adapters, f"no adapter saved under {out}"
+    metrics = json.loads(next(out.rglob("metrics.json")).read_text())
+    assert metrics
+
+    from transformers import AutoModelForSequenceClassification
+
+    import fourierft
+
+    folder = adapters[0].parent
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["peft_type"] == "FOURIERFT"
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = fourierft.PeftModel.from_pretrained(base, folder)
+    spectra = [p for n, p in model.named_parameters() if n.endswith(".spectrum")]
+    assert len(spectra) == 4 and all(s.numel() == 64 for s in spectra)
