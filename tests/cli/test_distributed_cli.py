@@ -24,7 +24,7 @@ def test_train_under_torchrun_two_processes(tiny_bert, toy_csv, tmp_path):
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "fourierft", "train", "--model", str(tiny_bert), "--data", str(toy_csv), "--n-frequency", "64",
          "--epochs", "1", "--batch-size", "8", "--cpu", "--no-plots", "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
