@@ -99,6 +99,11 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         # version counters, which caches keyed on them cannot see (docs/cli-needs.md)
         optim="adamw_torch",
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # rank 0 chose the folders
+        shared = [str(partial)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        partial = Path(shared[0])
+        targs.output_dir = str(partial / "checkpoints")
     if args.group_by_length:  # batches of similar length: less padding (RT snippets: 27 tokens mean, 68 max)
         fields = TrainingArguments.__dataclass_fields__
         if "train_sampling_strategy" in fields:  # transformers >= 5.2x; older 5.x has the boolean

@@ -9,9 +9,16 @@ from pathlib import Path
 from ._errors import CLIError
 
 
-def run_folders(out: str | None, method: str, *, resume: bool, overwrite: bool) -> tuple[Path, Path]:
+def run_folders(out: str | None, method: str, *, resume: bool, overwrite: bool,
+                check: bool = True) -> tuple[Path, Path]:
     """``(final, partial)``: everything is written into ``partial`` (``<final>.partial``, which also holds the
-    checkpoints that ``--resume`` continues from) and renamed to ``final`` only when the run succeeded."""
+    checkpoints that ``--resume`` continues from) and renamed to ``final`` only when the run succeeded.
+
+    Under torchrun only rank 0 checks (``check``): the others take rank 0's folders once the process group is up
+    (see ``loop.fit``), so a folder rank 0 just created cannot make them fail."""
+    if not check:
+        final = Path(out) if out is not None else Path("runs") / method
+        return final, final.with_name(final.name + ".partial")
     if out is not None:
         final = Path(out)
         if final.exists() and not final.is_dir():

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     splits, task, classes = prepare_data(args)
     from .runs import run_folders
 
-    final, partial = run_folders(args.out, args.method, resume=args.resume, overwrite=args.overwrite)
+    final, partial = run_folders(args.out, args.method, resume=args.resume, overwrite=args.overwrite, check=IS_MAIN)
     warning = lr_warning(args, lr)  # after the input checks, so a bad-input error stays the only stderr line
     if warning and IS_MAIN:
         print(warning, file=sys.stderr, flush=True)
@@ -112,13 +112,16 @@ def run(args: argparse.Namespace) -> int:
     summary = describe(args, display, splits, task, classes, head, counts, shapes, lr, head_lr, len(train_set))
     for line in summary["lines"]:
         say(line)
-    os.makedirs(partial, exist_ok=True)
+    if IS_MAIN:
+        os.makedirs(partial, exist_ok=True)
     try:
         result = fit(args, model, tok, task, head, lr, head_lr, train_set, val_set, test_set, partial)
     except BaseException:
+        if not IS_MAIN:
+            raise
         if not any((partial / "checkpoints").glob("checkpoint-*")):
             shutil.rmtree(partial, ignore_errors=True)  # nothing to resume from: leave nothing behind
-        elif IS_MAIN:
+        else:
             print(f"fourierft train: stopped; continue with: fourierft train ... --out {final} --resume",
                   file=sys.stderr)
         raise

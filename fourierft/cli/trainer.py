@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 from .modeling import is_head_param
 
 
-class SplitLRTrainer(Trainer):
+class _SplitLR(Trainer):
     """Trainer whose optimizer gives the adapter (or body) ``learning_rate`` and the task head ``head_lr``.
 
     FourierFT coefficients need a learning rate ~100x LoRA's (paper: 5e-2..1.2e-1), which would wreck a freshly
@@ -47,6 +47,50 @@ class SplitLRTrainer(Trainer):
                 **kwargs,
             )
         return self.optimizer
+
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+class AdapterCheckpoints:
+    """Checkpoints for wrappers the Trainer does not know (this package's PeftModel): the Trainer would save the
+    whole state dict (which fails on tied weights, e.g. GPT-2's lm_head/wte) and could not resume from an adapter.
+    We save the adapter in PEFT format (usable as is) plus the trainable tensors, and resume from the latter."""
+
+    def _known(self) -> bool:
+        from transformers import PreTrainedModel
+
+        known: tuple[type, ...] = (PreTrainedModel,)
+        try:
+            from peft import PeftModel
+
+            known += (PeftModel,)
+        except ImportError:
+            pass
+        return isinstance(self.model, known)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self._known():
+            return super()._save(output_dir, state_dict)  # type: ignore[misc]
+        from safetensors.torch import save_file
+
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.model.save_pretrained(output_dir)
+        trainable = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        save_file(trainable, os.path.join(output_dir, TRAINABLE_FILE))
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        path = os.path.join(resume_from_checkpoint, TRAINABLE_FILE)
+        if not os.path.exists(path):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+        from safetensors.torch import load_file
+
+        params = dict((model or self.model).named_parameters())
+        with torch.no_grad():
+            for name, value in load_file(path).items():
+                params[name].copy_(value)
 
 
 class KeepBest(TrainerCallback):
@@ -96,3 +140,7 @@ class CrashAfter(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
         if state.global_step >= self.step:
             raise KeyboardInterrupt(f"simulated crash after step {state.global_step}")
+
+
+class SplitLRTrainer(AdapterCheckpoints, _SplitLR):
+    """The CLI's Trainer: split learning rates, adapter-sized checkpoints."""
