@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from safetensors import safe_open
@@ -82,9 +83,25 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+@contextmanager
+def _gathered(tensors: list[torch.Tensor]) -> Iterator[None]:
+    """DeepSpeed ZeRO-3 keeps only each rank's partition of a parameter: gather whole ones for the block (a
+    collective, like FSDP2's ``full_tensor``)."""
+    partitioned = [t for t in tensors if hasattr(t, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
+
+
 def adapter_state_dict(tuner: FourierFTModel, adapter_name: str) -> dict[str, torch.Tensor]:
     """The adapter's tensors under PEFT's checkpoint keys (whole, detached, contiguous, on the CPU)."""
-    return {PREFIX + k: _full(v.detach()).cpu().contiguous() for k, v in _slots(tuner, adapter_name).items()}
+    slots = _slots(tuner, adapter_name)
+    with _gathered(list(slots.values())):
+        return {PREFIX + k: _full(v.detach()).cpu().contiguous().clone() for k, v in slots.items()}
 
 
 def save_adapter(tuner: FourierFTModel, adapter_name: str, directory: str | os.PathLike, write: bool = True) -> None:
