@@ -93,10 +93,12 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         warmup_steps=warmup, lr_scheduler_type=args.scheduler,
         logging_steps=args.logging_steps or max(1, spe // 10), eval_strategy="steps", eval_steps=every,
         save_strategy="steps", save_steps=every, save_total_limit=1, seed=args.seed, bf16=args.bf16,
-        fp16=args.fp16, use_cpu=args.cpu, report_to=args.report_to, dataloader_num_workers=args.num_workers,
+        fp16=args.fp16, use_cpu=args.cpu or (args.bf16 and not torch.cuda.is_available()),
+        report_to=args.report_to, dataloader_num_workers=args.num_workers,
         label_names=["labels"], remove_unused_columns=False, disable_tqdm=not _tty(),
         # not the fused AdamW (Trainer's default on torch >= 2.8): it updates parameters without bumping their
-        # version counters, which caches keyed on them cannot see (docs/cli-needs.md)
+        # version counters, which an early library cache missed (docs/cli-needs.md, fixed); every measured number
+        # in docs/cli.md used this optimizer
         optim="adamw_torch",
     )
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # rank 0 chose the folders

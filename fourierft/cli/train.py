@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     if args.bf16 and args.fp16:
         raise CLIError("pick one of --bf16 and --fp16")
+    if args.fp16 and (args.cpu or not torch.cuda.is_available()):
+        raise CLIError("--fp16 needs a GPU; on the CPU use --bf16")
     lr, head_lr = learning_rates(args)
     splits, task, classes = prepare_data(args)
     from .runs import run_folders

@@ -117,3 +117,12 @@ def test_adapter_does_not_fit_base(small_adapter: Path, other_bert: Path, toy_cs
 def test_eval_labels_outside_the_adapters_classes(small_adapter: Path, tmp_path: Path, inproc) -> None:
     data = write_csv(tmp_path / "e.csv", ["text", "label"], [["good film", "pos"], ["bad film", "meh"]])
     fails(inproc("eval", str(small_adapter), "--data", str(data)), "'meh' is not one of the classes")
+
+
+def test_dataset_name_without_datasets_package(tiny_bert: Path, tmp_path: Path, inproc, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    fails(inproc("train", "--model", str(tiny_bert), "--data", "some/hub-dataset", "--out", str(tmp_path / "o")),
+          "'datasets' package is not installed")
