@@ -72,9 +72,13 @@ def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)  # e.g. bitsandbytes warns through the root's last-resort handler
-    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "datasets", "bitsandbytes", "torch", "torchao",
-                 "fourierft"):
+    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "datasets", "bitsandbytes", "torch",
+                 "torchao", "fourierft"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed (if installed) would pick the CPU anyway, but say so on import
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         import transformers
 
