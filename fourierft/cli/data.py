@@ -136,7 +136,7 @@ def _hf_dataset(name: str, config: str | None) -> dict[str, list[dict[str, Any]]
 
 
 def load_splits(data: str, *, validation: str | None, test: str | None, data_config: str | None,
-                fractions: tuple[float, float, float], seed: int) -> Splits:
+                fractions: tuple[float, float, float], seed: int, label_column: str = "label") -> Splits:
     """Train/validation/test rows from ``--data`` (plus optional ``--validation-data``/``--test-data`` files)."""
     if data == DEFAULT_DATA:
         return rotten_tomatoes(seed)
@@ -151,6 +151,9 @@ def load_splits(data: str, *, validation: str | None, test: str | None, data_con
         source = f"datasets:{data}" + (f" ({data_config})" if data_config else "")
         if "train" not in pools:
             raise CLIError(f"dataset '{data}' has no 'train' split (it has: {', '.join(pools)})")
+        for name in [n for n, rows in pools.items() if n != "train" and _unlabelled(rows, label_column)]:
+            del pools[name]  # e.g. GLUE's test splits: every label is -1
+            notes.append(f"its '{name}' split has no labels: not used")
     val_rows = read_records(Path(validation)) if validation else _first(pools, "validation", "valid", "dev")
     test_rows = read_records(Path(test)) if test else _first(pools, "test")
     train_rows = pools["train"]
@@ -158,11 +161,21 @@ def load_splits(data: str, *, validation: str | None, test: str | None, data_con
         train_rows, val_rows, test_rows = split_rows(train_rows, fractions, seed)
         notes.append(f"split {len(pools['train'])} rows {'/'.join(f'{f:g}' for f in fractions)} (seed {seed})")
     elif val_rows is None or test_rows is None:
-        rest = fractions[1] if val_rows is None else fractions[2]
-        carved, train_rows, _ = split_rows(train_rows, (rest, 1 - rest, 0.0), seed)
+        share = fractions[1] if val_rows is None else fractions[2]
+        order = list(range(len(train_rows)))
+        random.Random(seed).shuffle(order)
+        n = max(1, math.floor(share * len(order)))
+        if len(order) - n < 1:
+            raise CLIError(f"only {len(order)} training rows: too few to carve off a {share:g} split")
+        carved, train_rows = [train_rows[i] for i in order[:n]], [train_rows[i] for i in order[n:]]
+        which = "validation" if val_rows is None else "test"
         val_rows, test_rows = (carved, test_rows) if val_rows is None else (val_rows, carved)
-        notes.append(f"carved a {rest:g} {'validation' if val_rows is carved else 'test'} split off train (seed {seed})")
+        notes.append(f"carved a {share:g} {which} split off train (seed {seed})")
     return Splits(train_rows, val_rows, test_rows, source, notes)
+
+
+def _unlabelled(rows: list[dict[str, Any]], label_column: str) -> bool:
+    return bool(rows) and all(r.get(label_column) in (-1, None) for r in rows)
 
 
 def _first(pools: dict[str, list], *names: str) -> list | None:

@@ -39,7 +39,8 @@ def _task(args: argparse.Namespace, splits: Splits) -> str:
 def prepare_data(args: argparse.Namespace) -> tuple[Splits, str, list[str] | None]:
     """Load and validate every split before any model is touched: bad data fails in a second."""
     splits = load_splits(args.data, validation=args.validation_data, test=args.test_data,
-                         data_config=args.data_config, fractions=args.split, seed=args.split_seed)
+                         data_config=args.data_config, fractions=args.split, seed=args.split_seed,
+                         label_column=args.label_column)
     if not splits.train:
         raise CLIError("the train split is empty")
     task = _task(args, splits)

@@ -126,3 +126,26 @@ def test_dataset_name_without_datasets_package(tiny_bert: Path, tmp_path: Path, 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
     fails(inproc("train", "--model", str(tiny_bert), "--data", "some/hub-dataset", "--out", str(tmp_path / "o")),
           "'datasets' package is not installed")
+
+
+def test_datasets_name_uses_its_splits_and_skips_unlabelled_test(tiny_bert: Path, tmp_path: Path, inproc,
+                                                                 monkeypatch) -> None:
+    """A `datasets` name (faked here: the package is optional) trains from its own train/validation splits."""
+    import importlib.machinery
+    import json
+    import sys
+    import types
+
+    rows = [{"sentence": f"the film was {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(40)]
+    fake = types.ModuleType("datasets")
+    fake.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
+    fake.Dataset = fake.IterableDataset = type("Dataset", (), {})  # transformers' isinstance checks look these up
+    fake.load_dataset = lambda name, config=None: {
+        "train": rows, "validation": rows[:8], "test": [{"sentence": "x", "label": -1}] * 5}
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    out = tmp_path / "run"
+    done = inproc("train", "--model", str(tiny_bert), "--data", "glue", "--data-config", "sst2", "--text-column",
+                  "sentence", "--max-steps", "1", "--no-plots", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "datasets:glue (sst2)" in done.stdout and "'test' split has no labels" in done.stdout
+    assert json.loads((out / "metrics.json").read_text())["sizes"] == {"train": 36, "validation": 8, "test": 4}
