@@ -58,6 +58,16 @@ SWEEP = [
 ]
 
 
+# Third round: 10x fewer adapter parameters than LoRA r=8 (<= 7,372), three seeds each, LoRA in the same run.
+TENX = [
+    *[(f"lora-s{s}", ["--method", "lora", "--seed", str(s)], {}) for s in (42, 43, 44)],
+    *[(f"fft-n600-s{s}", ["--n-frequency", "600", "--seed", str(s)], {}) for s in (42, 43, 44)],
+    *[(f"fft-n600-lr1e-1-s{s}", ["--n-frequency", "600", "--lr", "1e-1", "--seed", str(s)], {}) for s in (42, 43, 44)],
+    *[(f"fft-n200-all-lr1e-1-s{s}", ["--n-frequency", "200", "--lr", "1e-1", "--target-modules", QV_ALL,
+                                     "--seed", str(s)], {}) for s in (42, 43, 44)],
+]
+
+
 def jobs(seeds: list[int], epochs: list[str], extras: bool) -> list[tuple[str, list[str], dict[str, str]]]:
     out = [(f"{m}-e{e}-s{s}", ["--method", m, "--seed", str(s), "--epochs", e], {})
            for e in epochs for s in seeds for m in MAIN]
@@ -132,6 +142,7 @@ def main() -> int:
     p.add_argument("--no-extras", action="store_true")
     p.add_argument("--sweep", action="store_true", help="run the second-round SWEEP list instead")
     p.add_argument("--final", action="store_true", help="run the FINAL list (the shipped defaults) instead")
+    p.add_argument("--tenx", action="store_true", help="run the TENX list (10x fewer parameters than LoRA) instead")
     p.add_argument("--quick", action="store_true", help="--subsample 200 --epochs 1, one seed, no extras")
     args, common = p.parse_known_args()
     out = Path(args.out)
@@ -142,7 +153,7 @@ def main() -> int:
     epochs = args.epochs_list.split(",")
     if args.quick:
         epochs = ["1"]
-    todo = FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
+    todo = TENX if args.tenx else FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
     run_all(todo, out, ["--no-plots", *common], args.parallel,
             args.deadline)
     rows = collect(out)
