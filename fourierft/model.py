@@ -19,7 +19,7 @@ from .mixed import batch_size_of, mixed_batch
 from .modules_to_save import ModulesToSaveWrapper
 from .sampling import sampler_for
 from .quantized import merged_float_linear, quantization_kind
-from .targeting import TARGET_MODULE_MAPPING, find_targets
+from .targeting import TARGET_MODULE_MAPPING, default_targets, find_targets
 
 
 def _normalize_names(names: str | list[str]) -> list[str]:
@@ -88,6 +88,9 @@ class FourierFTModel(nn.Module):
                 "through that PeftModel (add_adapter / load_adapter), or unload() it first"
             )
         config = config.copy()
+        if config.target_modules is None:  # saved resolved, as PEFT does, so the checkpoint says what was adapted
+            defaults = default_targets(self.model)
+            config.target_modules = defaults if isinstance(defaults, str) else set(defaults)
         if config.task_type == "SEQ_CLS":  # PEFT trains and saves the classification head with the adapter
             extra = [n for n in ("classifier", "score") if n not in (config.modules_to_save or [])]
             config.modules_to_save = [*(config.modules_to_save or []), *extra]

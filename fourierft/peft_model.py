@@ -213,4 +213,7 @@ def get_peft_model(model: nn.Module, peft_config: FourierFTConfig, adapter_name:
         raise ValueError("mixed=True (PeftMixedModel) is not supported by fourierft")
     if kwargs.get("revision") is not None:
         peft_config = peft_config.copy(revision=kwargs["revision"])
+    name_or_path = getattr(model, "name_or_path", None)
+    if peft_config.base_model_name_or_path is None and isinstance(name_or_path, str) and name_or_path:
+        peft_config = peft_config.copy(base_model_name_or_path=name_or_path)  # recorded in the checkpoint, as PEFT does
     return PeftModel(model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage)

@@ -234,3 +234,20 @@ def test_is_trainable_loads_for_training(tmp_path):
     model = fourierft.PeftModel.from_pretrained(llama(), tmp_path, is_trainable=True)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith(".spectrum") for n in trainable)
+
+
+def test_saved_config_records_base_and_resolved_targets_like_peft(tmp_path):
+    import json
+
+    model = llama()
+    model.name_or_path = "org/tiny-llama"
+    config = fourierft.FourierFTConfig(n_frequency=12)
+    fourierft.get_peft_model(model, config).save_pretrained(tmp_path / "ours")
+    theirs_model = llama()
+    theirs_model.name_or_path = "org/tiny-llama"
+    peft.get_peft_model(theirs_model, peft.FourierFTConfig(n_frequency=12)).save_pretrained(tmp_path / "theirs")
+    ours = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    assert ours["base_model_name_or_path"] == theirs["base_model_name_or_path"] == "org/tiny-llama"
+    assert sorted(ours["target_modules"]) == sorted(theirs["target_modules"]) == ["q_proj", "v_proj"]
+    assert config.target_modules is None and config.base_model_name_or_path is None  # caller's config untouched
