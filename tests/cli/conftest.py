@@ -29,34 +29,29 @@ def _tokenizer(folder: Path):
     return tok
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer, hidden-32 BERT encoder (like all-MiniLM: a BertModel checkpoint, no classifier)."""
+def _bert(folder: Path, hidden: int, seed: int) -> Path:
+    """A 2-layer BERT encoder checkpoint (like all-MiniLM: a BertModel, no classifier) with the toy tokenizer."""
     import torch
     from transformers import BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=48, max_position_embeddings=64)
     BertModel(cfg).save_pretrained(folder)
     _tokenizer(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT encoder."""
+    return _bert(tmp_path_factory.mktemp("tiny-bert"), hidden=32, seed=0)
 
 
 @pytest.fixture(scope="session")
 def other_bert(tmp_path_factory) -> Path:
     """A BERT with another hidden size: adapters of ``tiny_bert`` must not fit it."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("other-bert")
-    torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=40, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(folder)
-    _tokenizer(folder)
-    return folder
+    return _bert(tmp_path_factory.mktemp("other-bert"), hidden=40, seed=1)
 
 
 @pytest.fixture(scope="session")
