@@ -104,7 +104,7 @@ def info(args: argparse.Namespace) -> int:
 
 def _plot(target: str, config: dict[str, Any], layers: dict[str, dict[str, torch.Tensor]],
           shapes: dict[str, list[int]]) -> None:
-    if config["peft_type"] != "FOURIERFT":
+    if config["peft_type"] not in ("FOURIERFT", "FOURIERFT_STORED_ENTRIES"):
         raise CLIError(f"--plot draws FourierFT spectra; this is a {config['peft_type']} adapter")
     missing = [layer for layer in layers if layer not in shapes]
     if missing:
@@ -113,7 +113,10 @@ def _plot(target: str, config: dict[str, Any], layers: dict[str, dict[str, torch
     for layer, parts in layers.items():
         c = parts["fourierft_spectrum"].flatten()
         out_f, in_f = shapes[layer]
-        u, v = _api.spectral_entries(out_f, in_f, c.numel(), int(config.get("random_loc_seed", 777)))
+        if "fourierft_rows" in parts:  # entries stored in the checkpoint (frequency-biased or composed adapters)
+            u, v = parts["fourierft_rows"].flatten(), parts["fourierft_cols"].flatten()
+        else:
+            u, v = _api.spectral_entries(out_f, in_f, c.numel(), int(config.get("random_loc_seed", 777)))
         drawn.append((layer, shapes[layer], u, v, c))
     from .plots import spectrum
 

@@ -227,7 +227,8 @@ def load_adapted(folder: str, base: str | None, dtype: str = "float32") -> tuple
         dims = list(got.shape) if type(mod).__name__ != "Conv1D" else list(got.shape)[::-1]
         if dims != shape:
             raise CLIError(f"adapter {folder} does not fit model '{name}': {layer} is {dims}, adapter expects {shape}")
-    loader = _api.PeftModel if config["peft_type"] == "FOURIERFT" else _api.peft_lora()[2]
+    ours = config["peft_type"] in ("FOURIERFT", "FOURIERFT_STORED_ENTRIES")  # the latter: entries saved, not seeded
+    loader = _api.PeftModel if ours else _api.peft_lora()[2]
     try:
         adapted = loader.from_pretrained(model, str(path), is_trainable=False)
     except Exception as exc:

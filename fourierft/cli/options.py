@@ -109,6 +109,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bias", choices=["none", "all", "fourier_only"], default="none")
     g.add_argument("--init-weights", type=_bool, default=None, metavar="BOOL",
                    help="true: coefficients start at zero; false: N(0,1) (the default of PEFT and the paper)")
+    g.add_argument("--entry-sampling", choices=["uniform", "frequency_biased"], default=None,
+                   help="uniform: PEFT's entries (default); frequency_biased: the paper's band (adapter then "
+                        "stores its entries and only fourierft loads it)")
+    g.add_argument("--frequency-center", type=float, default=None, help="centre of the band (frequency_biased)")
+    g.add_argument("--frequency-width", type=float, default=None, help="width of the band (frequency_biased)")
 
     g = p.add_argument_group("LoRA reference (--method lora)")
     g.add_argument("--lora-r", type=int, default=8)
@@ -179,7 +184,9 @@ def fourierft_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             else targets
     optional = {"exclude_modules": args.exclude_modules, "layers_to_transform": args.layers_to_transform,
                 "layers_pattern": args.layers_pattern, "n_frequency_pattern": args.n_frequency_pattern,
-                "fan_in_fan_out": args.fan_in_fan_out, "init_weights": args.init_weights}
+                "fan_in_fan_out": args.fan_in_fan_out, "init_weights": args.init_weights,
+                "entry_sampling": args.entry_sampling, "frequency_center": args.frequency_center,
+                "frequency_width": args.frequency_width}
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     return kwargs
 
