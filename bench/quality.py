@@ -68,6 +68,15 @@ TENX = [
 ]
 
 
+# Fourth round: the paper's frequency-biased entries at 10x fewer parameters (n=600 on q,v), LoRA in the same run.
+BAND = [
+    *[(f"lora-s{s}", ["--method", "lora", "--seed", str(s)], {}) for s in (42, 43, 44)],
+    *[(f"fft-n600-band{c}w{w}-s{s}", ["--n-frequency", "600", "--entry-sampling", "frequency_biased",
+                                       "--frequency-center", str(c), "--frequency-width", str(w), "--seed", str(s)], {})
+      for c, w in ((0, 60), (50, 40), (150, 100)) for s in (42, 43, 44)],
+]
+
+
 def jobs(seeds: list[int], epochs: list[str], extras: bool) -> list[tuple[str, list[str], dict[str, str]]]:
     out = [(f"{m}-e{e}-s{s}", ["--method", m, "--seed", str(s), "--epochs", e], {})
            for e in epochs for s in seeds for m in MAIN]
@@ -143,6 +152,7 @@ def main() -> int:
     p.add_argument("--sweep", action="store_true", help="run the second-round SWEEP list instead")
     p.add_argument("--final", action="store_true", help="run the FINAL list (the shipped defaults) instead")
     p.add_argument("--tenx", action="store_true", help="run the TENX list (10x fewer parameters than LoRA) instead")
+    p.add_argument("--band", action="store_true", help="run the BAND list (frequency-biased entries) instead")
     p.add_argument("--quick", action="store_true", help="--subsample 200 --epochs 1, one seed, no extras")
     args, common = p.parse_known_args()
     out = Path(args.out)
@@ -153,7 +163,7 @@ def main() -> int:
     epochs = args.epochs_list.split(",")
     if args.quick:
         epochs = ["1"]
-    todo = TENX if args.tenx else FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
+    todo = BAND if args.band else TENX if args.tenx else FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
     run_all(todo, out, ["--no-plots", *common], args.parallel,
             args.deadline)
     rows = collect(out)
