@@ -7,6 +7,7 @@ between the two packages unchanged.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import os
@@ -21,9 +22,20 @@ CONFIG_NAME = "adapter_config.json"
 PEFT_TYPE = "FOURIERFT"
 
 Bias = Literal["none", "all", "fourier_only"]
-TaskType = Literal[
+TaskTypeName = Literal[
     "SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"
 ]
+
+
+class TaskType(str, enum.Enum):
+    """PEFT's task types, so ``FourierFTConfig(task_type=TaskType.SEQ_CLS)`` reads as it does with PEFT."""
+
+    SEQ_CLS = "SEQ_CLS"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+    CAUSAL_LM = "CAUSAL_LM"
+    TOKEN_CLS = "TOKEN_CLS"
+    QUESTION_ANS = "QUESTION_ANS"
+    FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
 # Keys PEFT writes that carry no meaning for the adapter itself.
 _BOOKKEEPING_KEYS = {"peft_type", "peft_version", "auto_mapping"}
 # Fields beyond PEFT's, with the defaults that keep them out of adapter_config.json.
@@ -82,7 +94,7 @@ class FourierFTConfig:
     n_frequency_pattern: dict[str, int] = field(default_factory=dict)
     init_weights: bool = False
     inference_mode: bool = False
-    task_type: TaskType | None = None
+    task_type: TaskTypeName | None = None
     base_model_name_or_path: str | None = None
     revision: str | None = None
     entry_sampling: str = "uniform"
@@ -104,8 +116,12 @@ class FourierFTConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.bias not in get_args(Bias):
             raise ValueError(f"bias must be one of {list(get_args(Bias))}, got {self.bias!r}")
-        if self.task_type is not None and self.task_type not in get_args(TaskType):
-            raise ValueError(f"task_type must be None or one of {list(get_args(TaskType))}, got {self.task_type!r}")
+        if isinstance(self.task_type, enum.Enum):  # TaskType.SEQ_CLS (ours or PEFT's) -> "SEQ_CLS"
+            self.task_type = self.task_type.value
+        if self.task_type is not None and self.task_type not in get_args(TaskTypeName):
+            raise ValueError(
+                f"task_type must be None or one of {list(get_args(TaskTypeName))}, got {self.task_type!r}"
+            )
         self.target_modules = _str_collection("target_modules", self.target_modules)
         self.exclude_modules = _str_collection("exclude_modules", self.exclude_modules)
         if self.modules_to_save is not None:

@@ -100,3 +100,11 @@ def test_unknown_keys_warn_and_are_named(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(data))
     with pytest.warns(UserWarning, match="future_option"):
         FourierFTConfig.from_pretrained(tmp_path)
+
+
+def test_task_type_enums_ours_and_peft():
+    from fourierft import TaskType
+
+    assert FourierFTConfig(task_type=TaskType.SEQ_CLS).task_type == "SEQ_CLS"
+    assert FourierFTConfig(task_type=peft.TaskType.CAUSAL_LM).task_type == "CAUSAL_LM"
+    assert type(FourierFTConfig(task_type=TaskType.SEQ_CLS).task_type) is str  # JSON and equality stay plain
