@@ -88,7 +88,7 @@ class SpectralAdapter(nn.Module):
 
 
 class FourierFTLayer(nn.Module):
-    """A frozen ``nn.Linear`` or GPT-2 ``Conv1D`` plus FourierFT adapters.
+    """A frozen ``nn.Linear``, GPT-2 ``Conv1D``, ``nn.Conv2d`` or ``nn.Embedding`` plus FourierFT adapters.
 
     ``y = base_layer(x) + sum over active, unmerged adapters a of x @ dW_a.T``. State changes only through named
     methods: :meth:`update_layer`, :meth:`set_adapter`, :meth:`merge`, :meth:`unmerge`, :meth:`delete_adapter`,
@@ -106,7 +106,10 @@ class FourierFTLayer(nn.Module):
             check_extra(base_layer)
             self.out_features, self.in_features = matrix_shape(base_layer)
         else:
-            raise TypeError(f"FourierFT adapts nn.Linear and transformers' Conv1D, not {type(base_layer).__name__}")
+            raise TypeError(
+                f"FourierFT adapts nn.Linear, transformers' Conv1D, nn.Conv2d and nn.Embedding, not "
+                f"{type(base_layer).__name__}"
+            )
         self.base_layer = base_layer
         self.fan_in_fan_out = fan_in_fan_out
         self.fourierft_adapters = nn.ModuleDict()
