@@ -1,4 +1,5 @@
-"""Caches shared by the kernel paths: cos/sin bases per (size, entries) and dense ``dW`` for inference.
+"""Caches shared by the kernel paths: cos/sin bases and factored-DFT plans per (size, entries), and dense ``dW`` for
+inference.
 
 Nothing here may go stale silently:
 
@@ -15,16 +16,20 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
+T = TypeVar("T")
 _lock = threading.Lock()
 # index tensor -> (its _version when hashed, content key)
 _index_keys: WeakIdKeyDictionary = WeakIdKeyDictionary()
-# (content key, size, device, dtype) -> (size, n) basis [cos | sin] as (size, 2n)
-_bases: dict[tuple, torch.Tensor] = {}
+# (kind, content key, size, device, dtype) -> what that kind builds from the indices: the (size, 2n) basis
+# [cos | sin] ("basis", lowrank path) or a factored-DFT plan ("plan", factored path)
+_bases: dict[tuple, object] = {}
 # spectrum tensor -> (key tuple, dW)
 _dense: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -63,17 +68,23 @@ def make_basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor
     return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1).to(dtype)
 
 
-def basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Cached :func:`make_basis`; under ``torch.compile`` it is computed inline (no Python-side cache in graphs)."""
+def cached(kind: str, idx: torch.Tensor, size: int, dtype: torch.dtype, build: Callable[..., T]) -> T:
+    """``build(idx, size, dtype)``, cached per (kind, content of ``idx``, size, device, dtype); under
+    ``torch.compile`` it is built inline (no Python-side cache in graphs)."""
     if torch.compiler.is_compiling():
-        return make_basis(idx, size, dtype)
-    key = (index_key(idx), size, idx.device, dtype)
+        return build(idx, size, dtype)
+    key = (kind, index_key(idx), size, idx.device, dtype)
     hit = _bases.get(key)
     if hit is None:
-        hit = make_basis(idx, size, dtype)
+        hit = build(idx, size, dtype)
         with _lock:
             _bases[key] = hit
-    return hit
+    return hit  # type: ignore[return-value]
+
+
+def basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cached :func:`make_basis`."""
+    return cached("basis", idx, size, dtype, make_basis)
 
 
 # Fused optimizers (torch.optim.AdamW(fused=True), transformers' default "adamw_torch_fused") write parameters

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ._cache import basis
-from ._mm import scaled_mm
+from ._mm import scaled_mm, summed_products
 
 
 def _coeffs(spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -51,11 +51,7 @@ class LowRankSpectralLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, ctx.scale)  # (T, d2)
         if ctx.needs_input_grad[1]:
-            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-            if q.dtype == torch.float16:  # fp16 products can over/underflow; bf16 has fp32's range
-                p, q = p.float(), q.float()
-            # products in the compute dtype (one rounding each, unbiased), summed over the T rows in fp32
-            r = (p * q).sum(0, dtype=acc)  # (2n,)
+            r = summed_products(p, q, 0)  # (2n,): over the T rows
             grad_c = ((r[:n] - r[n:]) * ctx.scale).to(spectrum.dtype)
         grad_base = g if ctx.needs_input_grad[5] else None
         return grad_x, grad_c, None, None, None, grad_base

@@ -11,18 +11,21 @@ from fourierft.kernels import choose_path, clear_caches, delta_weight_cached, sp
 from fourierft.spectral import delta_weight
 
 
-FAST = ("gemm", "lowrank", "fft")
+FAST = ("gemm", "lowrank", "fft", "factored")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def test_auto_choices():
-    # measured (bench/NOTES.md): BERT-sized on CPU -> gemm; LLaMA-sized n=1000 on GPU -> lowrank; large n -> gemm
+    # measured (bench/NOTES.md): BERT-sized on CPU -> gemm; LLaMA-sized n=1000 on GPU -> lowrank; from n ~ 2000 on
+    # the GPU: factored to train (bench/kernels.py: 1.1-2.1x over the next path), the cached-dW gemm to infer
     assert choose_path(384, 384, 1000, device_type="cpu", training=True) == "gemm"
     assert choose_path(384, 1536, 1000, device_type="cpu", training=False) == "gemm"
     for shape in [(4096, 4096), (11008, 4096), (4096, 11008)]:
         assert choose_path(*shape, 1000, device_type="cuda", training=True) == "lowrank"
         assert choose_path(*shape, 1000, device_type="cuda", training=False) == "lowrank"
-    assert choose_path(4096, 4096, 8000, device_type="cuda", training=True) == "gemm"
+        for n in (3000, 10000):
+            assert choose_path(*shape, n, device_type="cuda", training=True) == "factored"
+            assert choose_path(*shape, n, device_type="cuda", training=False) == "gemm"
     assert choose_path(4096, 4096, 1, device_type="cuda", training=True) == "lowrank"
 
 
@@ -102,11 +105,12 @@ def test_checkpointing(path):
 
 
 def test_torch_compile_cpu():
-    """The fast paths trace under torch.compile (custom autograd.Functions; bases built inline when compiling)."""
+    """The fast paths trace under torch.compile (custom autograd.Functions; bases built inline when compiling, the
+    factored path's plan outside the graph)."""
     d1, d2 = 12, 16
     rows, cols = make_entries(d1, d2, 20)
     x0, c0 = torch.randn(5, d2), torch.randn(20)
-    for path in ("lowrank", "gemm"):
+    for path in ("lowrank", "gemm", "factored"):
         torch._dynamo.reset()
         fn = torch.compile(lambda x, c: spectral_linear(x, c, rows, cols, d1, d2, 2.0, path=path), backend="eager")
         x, c = x0.clone().requires_grad_(), c0.clone().requires_grad_()
