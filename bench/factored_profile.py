@@ -1,0 +1,94 @@
+"""Where the factored path's time goes on one layer, and how it moves with the split ``N1`` (GPU, bf16).
+
+    PYTHONPATH=. python bench/factored_profile.py [--rows 4096] [--n 1000]
+
+Prints, per LLaMA shape: the per-op CUDA time of one training step and one inference forward (torch.profiler), then
+median times of the factored path for each divisor ``N1`` near the cost model's choice, beside lowrank and the
+frozen layer in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import entries  # noqa: E402
+from fourierft.kernels import clear_caches, factored, spectral_linear  # noqa: E402
+
+
+def timed(fn, steps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(steps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return sorted(ts)[len(ts) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008")
+    a = ap.parse_args()
+    dev, dt = "cuda", torch.bfloat16
+    print(f"device: {torch.cuda.get_device_name()}; rows {a.rows}; n {a.n}; bf16")
+    orig = factored.split_cost
+    for shape in a.shapes.split(","):
+        d1, d2 = (int(s) for s in shape.split("x"))
+        torch.manual_seed(0)
+        rows, cols = (t.to(dev) for t in entries(d1, d2, a.n))
+        c = torch.randn(a.n, device=dev, requires_grad=True)
+        x = torch.randn(a.rows, d2, device=dev, dtype=dt, requires_grad=True)
+        w = (torch.randn(d1, d2, device=dev) * 0.02).to(dt)
+        g = torch.randn(a.rows, d1, device=dev, dtype=dt)
+
+        def step(path):
+            def fn():
+                y = spectral_linear(x, c, rows, cols, d1, d2, 300.0, path=path, base=x @ w.T)
+                y.backward(g)
+            return fn
+
+        def infer(path):
+            def fn():
+                with torch.inference_mode():
+                    spectral_linear(x, c, rows, cols, d1, d2, 300.0, path=path, base=x @ w.T)
+            return fn
+
+        frozen_t = timed(lambda: (x @ w.T).backward(g))
+        frozen_i = timed(lambda: torch.inference_mode()(lambda: x @ w.T)())
+        print(f"\n## {shape}: frozen train {frozen_t:.3f} ms, infer {frozen_i:.3f} ms; "
+              f"lowrank train {timed(step('lowrank')):.3f}, infer {timed(infer('lowrank')):.3f}")
+        for fn, name in ((step("factored"), "train"), (infer("factored"), "infer")):
+            fn()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    fn()
+                torch.cuda.synchronize()
+            print(f"### factored {name} (5 calls, incl. the frozen x @ W.T)")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+        for d in (d1, d2):
+            choice = orig(d, a.n)[0]
+            divs = [k for k in range(2, d) if d % k == 0 and choice / 4 <= k <= choice * 4]
+            print(f"split of d={d}: cost model picks N1={choice}")
+            for n1 in divs:
+                factored.split_cost = lambda dd, nn, n1=n1, d=d: (n1, 0.0) if dd == d else orig(dd, nn)
+                clear_caches()
+                print(f"  N1={n1:5d}: train {timed(step('factored')):.3f} ms, infer {timed(infer('factored')):.3f} ms")
+            factored.split_cost = orig
+            clear_caches()
+
+
+if __name__ == "__main__":
+    main()
