@@ -93,7 +93,10 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         warmup_steps=warmup, lr_scheduler_type=args.scheduler,
         logging_steps=args.logging_steps or max(1, spe // 10), eval_strategy="steps", eval_steps=every,
         save_strategy="steps", save_steps=every, save_total_limit=1, seed=args.seed, bf16=args.bf16,
-        fp16=args.fp16, use_cpu=args.cpu or (args.bf16 and not torch.cuda.is_available()),
+        fp16=args.fp16,
+        # on a machine without a GPU, transformers runs torchrun's processes as independent single-process runs
+        # unless use_cpu is set (it then trains data-parallel over gloo)
+        use_cpu=args.cpu or not torch.cuda.is_available(),
         report_to=args.report_to, dataloader_num_workers=args.num_workers,
         label_names=["labels"], remove_unused_columns=False, disable_tqdm=not _tty(),
         # not the fused AdamW (Trainer's default on torch >= 2.8): it updates parameters without bumping their
@@ -123,6 +126,11 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         preprocess_logits_for_metrics=None if task == "classification" else argmax_logits,
         callbacks=callbacks, head=head, head_lr=head_lr,
     )
+    if task == "classification":
+        # the classifier's loss is a mean over its batch and ignores num_items_in_batch; left True (the model's
+        # forward takes **kwargs), the Trainer multiplies it by the number of processes under DDP: a loss and
+        # gradients world-size times too large (and, on some transformers 5.x, doubled evaluation losses)
+        trainer.model_accepts_loss_kwargs = False
     before_file = partial / "before.json"
     resume_from = latest_checkpoint(partial) if args.resume else None
     t = time.time()
@@ -146,7 +154,8 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
     return {"before": before, "after": after, "best_step": keep.best_step, "best_val_accuracy": keep.best,
             "history": trainer.state.log_history, "train_s": round(train_s, 1),
             "s_per_epoch": round(train_s / max(epochs_run, 1e-9), 1), "eval_before_s": round(eval_before_s, 1),
-            "resumed_from": resume_from, "device": _device(args), "global_step": trainer.state.global_step}
+            "resumed_from": resume_from, "device": _device(args), "global_step": trainer.state.global_step,
+            "world_size": targs.world_size}
 
 
 def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:

@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
     name, display = resolve_model(args.model)
     load_config(name)  # "unknown model" should say so, not fail later on the tokenizer
     tok = load_tokenizer(name)
+    from transformers import set_seed
+
+    set_seed(args.seed)  # the new head and the adapter's initial values: the same for a seed, and on every rank
     model, missing = load_base(name, task, classes, tok.pad_token_id, args.dtype)
     head = args.modules_to_save if args.modules_to_save is not None else head_modules(model, task, missing)
     model = attach(model, args.method, head, task, fourierft_kwargs(args), lora_kwargs(args))

@@ -26,7 +26,7 @@ def test_train_under_torchrun_two_processes(tiny_bert, toy_csv, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "fourierft", "train", "--model", str(tiny_bert), "--data", str(toy_csv), "--n-frequency", "64",
-         "--epochs", "1", "--batch-size", "8", "--cpu", "--no-plots", "--out", str(out)],
+         "--epochs", "1", "--batch-size", "8", "--no-plots", "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
     )
     ok(proc)
@@ -35,7 +35,11 @@ def test_train_under_torchrun_two_processes(tiny_bert, toy_csv, tmp_path):
     adapters = [p for p in out.rglob("adapter_model.safetensors")]
     assert adapters, f"no adapter saved under {out}"
     metrics = json.loads(next(out.rglob("metrics.json")).read_text())
-    assert metrics
+    # the Trainer itself ran data-parallel (without a GPU, transformers needs use_cpu for that; the CLI sets it):
+    # 2 processes, each step one batch of 8 per process
+    assert metrics["world_size"] == 2
+    n_train = metrics["sizes"]["train"]
+    assert metrics["global_step"] == -(-n_train // 16)
 
     from transformers import AutoModelForSequenceClassification
 
