@@ -6,7 +6,12 @@ collected from each run's metrics.json into one table.
 
     python bench/quality.py --out /tmp/quality                      # the matrix below, 3 seeds
     python bench/quality.py --out /tmp/q --quick                    # 200-example smoke version
-    python bench/quality.py --out /tmp/q3 --final --parallel 8      # the table in docs/cli.md
+    python bench/quality.py --out /tmp/q9 --defaults --parallel 16  # the main table in docs/cli.md (round 9)
+    python bench/quality.py --out /tmp/q --long | --lr-round | --lr-high | --spread   # rounds 5-8 (the 10x point)
+
+Rounds 1-8 ran with the CLI's earlier FourierFT defaults (random N(0,1) coefficients, lr 5e-2); since round 9 the
+CLI starts them at zero with lr 1e-1, so a FourierFT row that sets neither now runs the new defaults. Rounds 1-5
+also predate seeding the initial values with --seed.
 
 How docs/cli.md's numbers were made (one H100; the device had neither data package, and the model is 87 MiB in
 fp32, over the 64 MiB a device call carries): the model folder was copied with its weights cast to fp16 into
@@ -129,6 +134,16 @@ SPREAD = [
 ]
 
 
+# Ninth round: should the CLI's defaults change? n=1000 on query+value (the default, 12,000 coefficients) with the
+# default random init at lr 5e-2 against zero init at lr 5e-2 and 1e-1 (the best 10x setting of rounds 6-8).
+DEFAULTS = [
+    *[(f"lora-s{s}", ["--method", "lora", "--seed", str(s)], {}) for s in (42, 43, 44, 45)],
+    *[(f"fft-default-s{s}", ["--seed", str(s)], {}) for s in (42, 43, 44, 45)],
+    *[(f"fft-zeros-lr{lr}-s{s}", ["--init-weights", "true", "--lr", lr, "--seed", str(s)], {})
+      for lr in ("5e-2", "1e-1") for s in (42, 43, 44, 45)],
+]
+
+
 def jobs(seeds: list[int], epochs: list[str], extras: bool) -> list[tuple[str, list[str], dict[str, str]]]:
     out = [(f"{m}-e{e}-s{s}", ["--method", m, "--seed", str(s), "--epochs", e], {})
            for e in epochs for s in seeds for m in MAIN]
@@ -209,6 +224,7 @@ def main() -> int:
     p.add_argument("--lr-round", action="store_true", help="run the LR list (lower coefficient lr at 10x fewer)")
     p.add_argument("--lr-high", action="store_true", help="run the LR_HIGH list (higher coefficient lr)")
     p.add_argument("--spread", action="store_true", help="run the SPREAD list (6 epochs; more attention layers)")
+    p.add_argument("--defaults", action="store_true", help="run the DEFAULTS list (init and lr at n=1000)")
     p.add_argument("--quick", action="store_true", help="--subsample 200 --epochs 1, one seed, no extras")
     args, common = p.parse_known_args()
     out = Path(args.out)
@@ -219,7 +235,7 @@ def main() -> int:
     epochs = args.epochs_list.split(",")
     if args.quick:
         epochs = ["1"]
-    todo = SPREAD if args.spread else LR_HIGH if args.lr_high else LR if args.lr_round else LONG if args.long else BAND if args.band else TENX if args.tenx else FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
+    todo = DEFAULTS if args.defaults else SPREAD if args.spread else LR_HIGH if args.lr_high else LR if args.lr_round else LONG if args.long else BAND if args.band else TENX if args.tenx else FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
     run_all(todo, out, ["--no-plots", *common], args.parallel,
             args.deadline)
     rows = collect(out)

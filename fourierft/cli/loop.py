@@ -40,7 +40,8 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
     targets = sorted({k.rsplit(".", 1)[-1] for k in shapes})
     if args.method == "fourierft":
         adapter = (f"FourierFT n_frequency={args.n_frequency} scaling={args.scaling:g} "
-                   f"random_loc_seed={args.random_loc_seed} on {len(shapes)} layers ({', '.join(targets)})"
+                   f"random_loc_seed={args.random_loc_seed} init={'zero' if args.init_weights else 'N(0,1)'} "
+                   f"on {len(shapes)} layers ({', '.join(targets)})"
                    f" [library: {_api.BACKEND}]")
     elif args.method == "lora":
         adapter = f"LoRA (PEFT) r={args.lora_r} alpha={args.lora_alpha:g} on {len(shapes)} layers ({', '.join(targets)})"
@@ -70,7 +71,8 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
               "seed": args.seed, "split_seed": args.split_seed, "precision": precision,
               "group_by_length": args.group_by_length,
               "fourierft": {"n_frequency": args.n_frequency, "scaling": args.scaling,
-                            "random_loc_seed": args.random_loc_seed} if args.method == "fourierft" else None}
+                            "random_loc_seed": args.random_loc_seed, "init_weights": args.init_weights}
+              if args.method == "fourierft" else None}
     return {"lines": lines, "record": record}
 
 
