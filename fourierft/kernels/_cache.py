@@ -29,7 +29,7 @@ _lock = threading.Lock()
 _index_keys: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # (kind, content key, size, device, dtype) -> what that kind builds from the indices: the (size, 2n) basis
 # [cos | sin] ("basis", lowrank path) or a factored-DFT plan ("plan", factored path)
-_bases: dict[tuple, object] = {}
+_built: dict[tuple, object] = {}
 # spectrum tensor -> (key tuple, dW)
 _dense: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -38,7 +38,7 @@ def clear_caches() -> None:
     """Drop every cached basis and dense ``dW`` (e.g. to free device memory)."""
     with _lock:
         _index_keys.clear()
-        _bases.clear()
+        _built.clear()
         _dense.clear()
 
 
@@ -74,11 +74,11 @@ def cached(kind: str, idx: torch.Tensor, size: int, dtype: torch.dtype, build: C
     if torch.compiler.is_compiling():
         return build(idx, size, dtype)
     key = (kind, index_key(idx), size, idx.device, dtype)
-    hit = _bases.get(key)
+    hit = _built.get(key)
     if hit is None:
         hit = build(idx, size, dtype)
         with _lock:
-            _bases[key] = hit
+            _built[key] = hit
     return hit  # type: ignore[return-value]
 
 

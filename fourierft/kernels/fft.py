@@ -101,6 +101,8 @@ def fft_linear(
     """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``; FFTs in float32 (float64 for float64), result in x.dtype."""
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x2 = x.reshape(-1, in_features)
+    if x2.shape[0] == 0:  # MKL and cuFFT reject empty transforms; keep the graph so the grads are zeros
+        return x.new_zeros(*x.shape[:-1], out_features) + 0 * (spectrum.sum() + x.sum()).to(x.dtype)
     scale = scaling / (out_features * in_features)
     y = FFTSpectralLinear.apply(x2, spectrum, rows, cols, out_features, in_features, scale, work)
     return y.reshape(*x.shape[:-1], out_features)

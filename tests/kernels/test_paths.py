@@ -142,3 +142,15 @@ def test_fp16_tiny_scale(path):
     y, gx, gc = run_path(path, x, c, rows, cols, d1, d2, 1e-2, g)  # scale 3.3e-6
     ry, rgx, rgc = reference(x, g, c, rows, cols, d1, d2, 1e-2)
     assert rel(y, ry) < 2e-3 and rel(gx, rgx) < 2e-3 and rel(gc, rgc) < 2e-3
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_empty_batch(path):
+    """Zero rows (e.g. no row of a mixed batch uses this adapter): an empty result and zero gradients."""
+    rows, cols = make_entries(6, 8, 5)
+    x = torch.randn(0, 8, requires_grad=True)
+    c = torch.randn(5, requires_grad=True)
+    y = spectral_linear(x, c, rows, cols, 6, 8, 1.0, path=path, base=torch.zeros(0, 6))
+    assert y.shape == (0, 6)
+    y.sum().backward()
+    assert torch.equal(c.grad, torch.zeros(5)) and x.grad.shape == (0, 8)
