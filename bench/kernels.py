@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--n", default="1000")
     ap.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008")
-    ap.add_argument("--paths", default="dense,gemm,lowrank,fft,factored")
+    ap.add_argument("--paths", default="dense,gemm,lowrank,factored")
     ap.add_argument("--scaling", type=float, default=300.0)
     ap.add_argument("--steps", type=int, default=20)
     a = ap.parse_args()

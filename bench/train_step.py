@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import make_variant, measure, merge_all  # noqa: E402
 
-PATHS = ("gemm", "lowrank", "fft", "factored")
+PATHS = ("gemm", "lowrank", "factored")
 
 
 def _ours_prefix() -> str:

@@ -1,14 +1,18 @@
-"""Caches shared by the kernel paths: cos/sin bases and factored-DFT plans per (size, entries), and dense ``dW`` for
-inference.
+"""Caches of the kernel paths, owned by the tensors they are built from (so they die with the adapters).
 
-Nothing here may go stale silently:
+* **Bases and plans** (built from an index vector and a size) hang off the index tensor, weakly keyed: when the
+  adapter holding ``rows`` / ``cols`` is freed, its entry goes too. Index tensors with equal *contents* (every layer
+  of one shape gets the same entries from the same seed) share one built object through a weak-valued table, so a
+  basis lives exactly as long as some adapter uses it and is built once per shape. The content key is a hash of
+  the indices, re-computed only when the tensor was written in place (``_version``) or re-pointed (``data_ptr``).
+* **Dense ``dW``** for inference hangs off the spectrum tensor (weakly keyed) and is checked on every lookup
+  against the spectrum's ``_version`` and storage, the entries' contents, shape, scaling, device and dtype.
+  Fused optimizers (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) write parameters without
+  bumping ``_version``; so the first time a ``dW`` is cached, one global optimizer post-step hook is registered
+  (never at import) that invalidates every cached ``dW`` after any optimizer step; :func:`clear_caches` removes it.
+  :func:`invalidate` drops one spectrum's ``dW`` explicitly (e.g. after writing it through ``.data``).
 
-* bases depend only on the *values* of an index vector and a size, so they are keyed on a content hash of the
-  indices (computed once per index tensor and re-computed whenever that tensor's ``_version`` changes, i.e. after any
-  in-place write). Layers of the same shape share entries (same seed), so they share one basis.
-* the dense ``dW`` cache is keyed on the spectrum tensor itself (weakly, so it dies with the parameter) and checks
-  ``spectrum._version`` (bumped by every optimizer step or in-place edit), the entries' versions, the shape,
-  the scaling, the device and the dtype on every lookup.
+Under ``torch.compile`` none of this is consulted: the callers build inline (nothing Python-side in graphs).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,35 +29,59 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 T = TypeVar("T")
-_lock = threading.Lock()
-# index tensor -> (its _version when hashed, content key)
-_index_keys: WeakIdKeyDictionary = WeakIdKeyDictionary()
-# (kind, content key, size, device, dtype) -> what that kind builds from the indices: the (size, 2n) basis
-# [cos | sin] ("basis", lowrank path) or a factored-DFT plan ("plan", factored path)
-_built: dict[tuple, object] = {}
+_lock = threading.RLock()
+# index tensor -> [stamp, content key, {(kind, size, dtype): built}]  (the built objects are held here, strongly)
+_by_index: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# (kind, content key, size, device, dtype) -> built: shared between index tensors of equal contents, weakly
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 # spectrum tensor -> (key tuple, dW)
 _dense: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_generation = 0
+_hook: list = []  # the optimizer post-step hook's handle, once registered
 
 
 def clear_caches() -> None:
-    """Drop every cached basis and dense ``dW`` (e.g. to free device memory)."""
+    """Drop every cached basis, plan and dense ``dW`` (e.g. to free device memory) and remove the optimizer hook."""
     with _lock:
-        _index_keys.clear()
-        _built.clear()
+        _by_index.clear()
+        _shared.clear()
         _dense.clear()
+        while _hook:
+            _hook.pop().remove()
+
+
+def invalidate(spectrum: torch.Tensor) -> None:
+    """Forget the cached dense ``dW`` of ``spectrum`` (a no-op if there is none)."""
+    with _lock:
+        _dense.pop(spectrum, None)
+
+
+def cache_sizes() -> dict[str, int]:
+    """How many index tensors, shared built objects and dense ``dW`` are cached now (for tests and debugging)."""
+    return {"indices": len(_by_index), "built": len(_shared), "dense": len(_dense)}
+
+
+def _stamp(idx: torch.Tensor) -> tuple:
+    # data_ptr too: ``buf.data = other`` swaps the storage without bumping ``_version``
+    return (idx._version, idx.data_ptr(), idx.numel(), idx.device)
+
+
+def _entry(idx: torch.Tensor) -> list:
+    """The (fresh) cache entry of ``idx``: re-hashed, with its built objects dropped, when ``idx`` changed."""
+    stamp = _stamp(idx)
+    hit = _by_index.get(idx)
+    if hit is not None and hit[0] == stamp:
+        return hit
+    data = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    hit = [stamp, hashlib.blake2b(data, digest_size=16).hexdigest(), {}]
+    _by_index[idx] = hit
+    return hit
 
 
 def index_key(idx: torch.Tensor) -> str:
     """A content hash of an index vector; re-hashed only when ``idx`` was written or re-pointed since the last call."""
-    # data_ptr too: ``buf.data = other`` swaps the storage without bumping ``_version``
-    stamp = (idx._version, idx.data_ptr(), idx.numel())
-    hit = _index_keys.get(idx)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    data = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
-    key = hashlib.blake2b(data, digest_size=16).hexdigest()
-    _index_keys[idx] = (stamp, key)
-    return key
+    with _lock:
+        return _entry(idx)[1]
 
 
 def make_basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -69,16 +98,20 @@ def make_basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor
 
 
 def cached(kind: str, idx: torch.Tensor, size: int, dtype: torch.dtype, build: Callable[..., T]) -> T:
-    """``build(idx, size, dtype)``, cached per (kind, content of ``idx``, size, device, dtype); under
-    ``torch.compile`` it is built inline (no Python-side cache in graphs)."""
+    """``build(idx, size, dtype)``, cached on ``idx`` (and shared with index tensors of equal contents); under
+    ``torch.compile`` it is built inline."""
     if torch.compiler.is_compiling():
         return build(idx, size, dtype)
-    key = (kind, index_key(idx), size, idx.device, dtype)
-    hit = _built.get(key)
-    if hit is None:
-        hit = build(idx, size, dtype)
-        with _lock:
-            _built[key] = hit
+    with _lock:
+        entry = _entry(idx)
+        hit = entry[2].get((kind, size, dtype))
+        if hit is None:
+            shared_key = (kind, entry[1], size, idx.device, dtype)
+            hit = _shared.get(shared_key)
+            if hit is None:
+                hit = build(idx, size, dtype)
+                _shared[shared_key] = hit
+            entry[2][(kind, size, dtype)] = hit
     return hit  # type: ignore[return-value]
 
 
@@ -87,18 +120,9 @@ def basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
     return cached("basis", idx, size, dtype, make_basis)
 
 
-# Fused optimizers (torch.optim.AdamW(fused=True), transformers' default "adamw_torch_fused") write parameters
-# without bumping ``_version``, so a version check alone serves a stale dW after a step. Every optimizer step
-# anywhere bumps this generation through torch's global post-step hook, which invalidates every cached dW.
-_generation = 0
-
-
 def _bump_generation(*_: object) -> None:
     global _generation
     _generation += 1
-
-
-register_optimizer_step_post_hook(_bump_generation)
 
 
 def _dense_key(spectrum: torch.Tensor, key: tuple) -> tuple:
@@ -117,4 +141,6 @@ def dense_get(spectrum: torch.Tensor, key: tuple) -> torch.Tensor | None:
 
 def dense_put(spectrum: torch.Tensor, key: tuple, dw: torch.Tensor) -> None:
     with _lock:
+        if not _hook:
+            _hook.append(register_optimizer_step_post_hook(_bump_generation))
         _dense[spectrum] = (_dense_key(spectrum, key), dw)

@@ -21,7 +21,13 @@ import torch
 from ..spectral import delta_weight
 from ._cache import dense_get, dense_put, index_key
 from ._mm import scaled_mm
-from .fft import half_spec
+
+
+def half_column(rows: torch.Tensor, cols: torch.Tensor, d1: int, d2: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where entry ``(u, v)`` of ``Re(fft2(G))`` sits in the half spectrum ``rfft2(G)`` ``(d1, d2//2 + 1)``:
+    ``(u, v)`` for ``v <= d2/2``, else its conjugate partner ``((d1 - u) % d1, d2 - v)`` (same real part)."""
+    low = cols <= d2 // 2
+    return torch.where(low, rows, (d1 - rows) % d1), torch.where(low, cols, d2 - cols)
 
 
 def delta_weight_cached(
@@ -87,9 +93,8 @@ class GemmSpectralLinear(torch.autograd.Function):
             # G = sum_t g_t x_t^T, (d1, d2); the mean (alpha = 1/T) cannot overflow fp16, the sum is restored in fp32
             big = scaled_mm(g.T, x, 1.0 / rows_t).to(work) * rows_t
             spec = torch.fft.rfft2(big)  # (d1, d2//2 + 1)
-            hv, sv, _, _ = half_spec(cols, d2)
-            u = torch.where(sv > 0, rows, (d1 - rows) % d1)
-            grad_c = (spec.real[u, hv] * ctx.scale).to(ctx.spectrum_dtype)
+            u, v = half_column(rows, cols, d1, d2)
+            grad_c = (spec.real[u, v] * ctx.scale).to(ctx.spectrum_dtype)
         return grad_x, grad_c, None, None, None, None
 
 

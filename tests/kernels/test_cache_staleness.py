@@ -1,59 +1,113 @@
-"""The inference dW cache never serves a stale dW: fused optimizers, in-place edits, swapped storage."""
+"""The caches never serve stale results (fused optimizers, in-place edits, swapped storage) and die with their owners."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
-from torch import nn
+from kernel_ref import make_entries, reference, rel
 
-from fourierft import FourierFTConfig, get_peft_model
+from fourierft.kernels import _cache, cache_sizes, clear_caches, invalidate, spectral_linear
+from fourierft.spectral import delta_weight_cos
 
-
-class One(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(16, 8)
-
-    def forward(self, x):
-        return self.lin(x)
+D1, D2, N = 8, 16, 20
 
 
-def model_and_input():
+def adapter():
     torch.manual_seed(0)
-    model = get_peft_model(One(), FourierFTConfig(n_frequency=20, scaling=150.0, target_modules=["lin"]))
-    model.set_compute_path("gemm")  # the path that caches dW at inference
-    return model, torch.randn(4, 16)
+    rows, cols = make_entries(D1, D2, N)
+    return torch.nn.Parameter(torch.randn(N)), rows, cols, torch.randn(4, D2)
 
 
-def reference(model, x):
-    layer = model.base_model.model.lin
-    return layer.base_layer(x) + x @ layer.get_delta_weight("default").T
+def want(spectrum, rows, cols, x):
+    return x.double() @ delta_weight_cos(spectrum, rows, cols, D1, D2, 150.0).T
 
 
 @pytest.mark.parametrize("optimizer", [
-    lambda ps: torch.optim.AdamW(ps, lr=0.1, fused=True),
+    lambda ps: torch.optim.AdamW(ps, lr=0.1, fused=True),  # writes without bumping _version
     lambda ps: torch.optim.AdamW(ps, lr=0.1, foreach=True),
     lambda ps: torch.optim.SGD(ps, lr=0.1),
 ])
 def test_no_grad_forward_after_optimizer_step_sees_new_coefficients(optimizer):
-    model, x = model_and_input()
-    spectrum = next(p for p in model.parameters() if p.requires_grad)
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
     opt = optimizer([spectrum])
-    model(x).sum().backward()
-    model.eval()
+    spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm").sum().backward()
     with torch.no_grad():
-        model(x)  # fills the cache
+        before = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")  # fills the dW cache
+        assert cache_sizes()["dense"] == 1
+    old = spectrum.detach().clone()
     opt.step()
+    assert not torch.equal(spectrum.detach(), old)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(model, x))
+        after = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+    assert rel(after, want(spectrum, rows, cols, x)) < 1e-5
+    assert rel(before, want(old, rows, cols, x)) < 1e-5
 
 
 def test_in_place_edit_and_swapped_storage():
-    model, x = model_and_input()
-    spectrum = next(p for p in model.parameters() if p.requires_grad)
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
     with torch.no_grad():
-        model(x)
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
         spectrum.mul_(2.0)
-        torch.testing.assert_close(model(x), reference(model, x))
+        assert rel(spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm"),
+                   want(spectrum, rows, cols, x)) < 1e-5
         spectrum.data = torch.randn_like(spectrum)
-        torch.testing.assert_close(model(x), reference(model, x))
+        assert rel(spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm"),
+                   want(spectrum, rows, cols, x)) < 1e-5
+
+
+def test_invalidate_drops_a_dw_written_behind_the_caches_back():
+    """A write that bumps nothing (through ``.data``, which has its own version counter) is seen after
+    :func:`invalidate`."""
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
+    with torch.no_grad():
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        version = spectrum._version
+        spectrum.data.mul_(3.0)
+        assert spectrum._version == version
+        stale = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        invalidate(spectrum)
+        fresh = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+    assert rel(fresh, want(spectrum, rows, cols, x)) < 1e-5
+    assert rel(stale, want(spectrum, rows, cols, x)) > 0.5  # the write was indeed invisible to the version checks
+
+
+def test_caches_die_with_their_tensors():
+    """Nothing is held after the adapter's tensors are gone; equal entries share one basis while alive."""
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
+    rows2, cols2 = rows.clone(), cols.clone()  # another layer of the same shape: same entries, other tensors
+    with torch.no_grad():
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="lowrank")
+        spectral_linear(x, spectrum, rows2, cols2, D1, D2, 150.0, path="lowrank")
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+    assert _cache.basis(rows, D1, torch.float32) is _cache.basis(rows2, D1, torch.float32)
+    assert cache_sizes() == {"indices": 4, "built": 2, "dense": 1}
+    del spectrum, rows, cols, rows2, cols2
+    gc.collect()
+    assert cache_sizes() == {"indices": 0, "built": 0, "dense": 0}
+
+
+def test_no_optimizer_hook_until_a_dw_is_cached():
+    """Importing and training register nothing global; the hook appears with the first cached dW, goes with
+    :func:`clear_caches`."""
+    clear_caches()
+    assert not _cache._hook
+    spectrum, rows, cols, x = adapter()
+    spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm").sum().backward()
+    assert not _cache._hook
+    with torch.no_grad():
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+    assert len(_cache._hook) == 1
+    clear_caches()
+    assert not _cache._hook
+
+
+def test_reference_helper_agrees():
+    spectrum, rows, cols, x = adapter()
+    ry, _, _ = reference(x, torch.zeros(4, D1), spectrum.detach(), rows, cols, D1, D2, 150.0)
+    assert rel(want(spectrum, rows, cols, x), ry) < 1e-12

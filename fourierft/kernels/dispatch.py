@@ -1,0 +1,186 @@
+"""How ``path="auto"`` picks a path: measured once per layer key on CUDA, a flop model on the CPU and as fallback.
+
+The choice is made per key ``(device, out_features, in_features, n, dtype, training)``:
+
+* on a CUDA device, at the key's first eager use, each candidate path is timed a few times on the call's own
+  inputs (synchronised) and the fastest is kept (:func:`tune_path`); a card other than the one the flop model was
+  fitted on gets its own answer;
+* on the CPU (and wherever nothing was measured, including under ``torch.compile``) the flop model of
+  :func:`choose_path` decides.
+
+Every choice made is kept in a table owned by this module (:func:`path_choices` returns it) and logged once on
+the ``"fourierft"`` logger at INFO level. Under ``torch.compile`` the choice is a trace-time constant
+(:func:`resolve_path`): the table is read, never written, and paths whose setup cannot be traced (``factored``
+builds its plan outside graphs) are not picked.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .factored import split_cost
+
+logger = logging.getLogger("fourierft")
+
+# Cost of the factored path per row: S * (its flops, ``d * split_cost``, per transform) + K * (d1 + d2). Its small
+# batched matmuls run below the big GEMMs' rate (S) and each transform writes and reads a (T, 2d) stage-1 result
+# (K, per element of a row). H100: fitted on bench/kernels.py at LLaMA shapes, n = 1000 / 3000 / 10000 (bf16,
+# bench/NOTES.md): lowrank stays best at n = 1000, factored wins training from n ~ 2000 (1.1-2.1x over the next
+# path), never inference (the cached-dW GEMM or lowrank do). CPU: a rough fit (2 cores, fp32, 1024^2 and 2048^2).
+_FACTORED_COST = {"cuda": (2.0, 5_000.0), "cpu": (2.0, 3_000.0)}
+# Training cost of the gemm path per row, in units of d1 d2: forward, input grad and G = g^T x are 6; on the H100 the
+# dense complex ifft2 for dW and the rfft2 of G add about as much again (1.6 ms per 4096^2 layer against lowrank's
+# 0.9 ms at n = 1000, bench/NOTES.md).
+_GEMM_TRAIN = {"cuda": 10.0, "cpu": 6.0}
+# the paths auto chooses from, in tie-break order; the ones whose setup traces under torch.compile
+CANDIDATES: tuple[str, ...] = ("lowrank", "gemm", "factored")
+_TRACEABLE: tuple[str, ...] = ("lowrank", "gemm")
+
+
+def flop_costs(out_features: int, in_features: int, n: int, *, device_type: str, training: bool) -> dict[str, float]:
+    """The flop model's cost per row of each candidate path (see :func:`choose_path`)."""
+    d1, d2 = out_features, in_features
+    s, kf = _FACTORED_COST.get(device_type, _FACTORED_COST["cuda"])
+    factored = s * (d1 * split_cost(d1, n)[1] + d2 * split_cost(d2, n)[1]) + kf * (d1 + d2)
+    if training:
+        gemm = _GEMM_TRAIN.get(device_type, _GEMM_TRAIN["cuda"]) * d1 * d2
+        return {"lowrank": 8.0 * n * (d1 + d2), "gemm": gemm, "factored": 2.0 * factored}
+    return {"lowrank": 4.0 * n * (d1 + d2), "gemm": 2.0 * d1 * d2, "factored": factored}
+
+
+def _fastest(costs: dict[str, float], allowed: tuple[str, ...]) -> str:
+    best = ""
+    for path in allowed:  # a plain loop: dynamo-friendly, ties go to the first listed
+        if path in costs and (not best or costs[path] < costs[best]):
+            best = path
+    return best
+
+
+def choose_path(out_features: int, in_features: int, n: int, *, device_type: str, training: bool) -> str:
+    """The fastest path by a flop model (per row of ``x``; ``d1, d2 = out_features, in_features``).
+
+    * gemm: ``6 d1 d2`` training on CPU (forward, input grad, ``G = g^T x``; ``10 d1 d2`` on GPUs, ``_GEMM_TRAIN``),
+      ``2 d1 d2`` inference (``dW`` cached);
+    * lowrank: ``8 n (d1 + d2)`` training, ``4 n (d1 + d2)`` inference;
+    * factored: ``S (d1 c(d1) + d2 c(d2)) + K (d1 + d2)`` inference, twice that training, ``c`` from
+      :func:`~fourierft.kernels.factored.split_cost` (``_FACTORED_COST``).
+
+    Fitted on an H100 (bf16, 4096 rows, LLaMA shapes): lowrank at n=1000, factored for training and gemm for
+    inference at n=3000 and above; on CPU (fp32, BERT-sized 384 x 384, n=1000) gemm. Ties go to the first listed.
+    """
+    costs = flop_costs(out_features, in_features, n, device_type=device_type, training=training)
+    return _fastest(costs, CANDIDATES)
+
+
+@dataclass
+class Choice:
+    """One row of the table of choices: the path, how it was chosen, and the measured median seconds per call."""
+
+    path: str
+    how: str  # "measured" or "flop model"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# (device, out_features, in_features, n, dtype, training) -> Choice; owned here, cleared by clear_path_choices
+_choices: dict[tuple, Choice] = {}
+
+
+def path_key(x: torch.Tensor, out_features: int, in_features: int, n: int, training: bool) -> tuple:
+    return (str(x.device), out_features, in_features, n, x.dtype, training)
+
+
+def path_choices() -> dict[tuple, Choice]:
+    """A copy of the choices made so far: ``(device, out, in, n, dtype, training) -> Choice``."""
+    return dict(_choices)
+
+
+def clear_path_choices() -> None:
+    """Forget every choice (the next use of each key chooses again)."""
+    _choices.clear()
+
+
+def _record(key: tuple, choice: Choice) -> str:
+    _choices[key] = choice
+    dev, d1, d2, n, dtype, training = key
+    detail = ", ".join(f"{p} {s * 1e3:.3f} ms" for p, s in choice.seconds.items())
+    logger.info(
+        "fourierft: %s for %dx%d n=%d %s %s on %s (%s%s)", choice.path, d1, d2, n, str(dtype).removeprefix("torch."),
+        "training" if training else "inference", dev, choice.how, f": {detail}" if detail else "",
+    )
+    return choice.path
+
+
+def cuda_timer(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` synchronised calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tune_path(
+    run: Callable[[str], Callable[[], object]],
+    key: tuple,
+    *,
+    timer: Callable[[Callable[[], object]], float] = cuda_timer,
+    candidates: tuple[str, ...] = CANDIDATES,
+) -> str:
+    """Time ``run(path)`` (a no-argument callable doing one call of that path) with ``timer`` for each candidate,
+    record the fastest under ``key`` and return it. A candidate that raises (e.g. out of memory) is skipped."""
+    seconds: dict[str, float] = {}
+    for path in candidates:
+        try:
+            seconds[path] = float(timer(run(path)))
+        except (RuntimeError, torch.cuda.OutOfMemoryError):
+            continue
+    if not seconds:
+        raise RuntimeError(f"fourierft: no candidate path ran for {key}")
+    return _record(key, Choice(_fastest(seconds, candidates), "measured", seconds))
+
+
+@torch.compiler.assume_constant_result
+def static_path(out_features: int, in_features: int, n: int, device: str, dtype: torch.dtype, training: bool) -> str:
+    """The path under ``torch.compile``: the measured choice if there is one (restricted to paths that trace),
+    else the flop model's. Read-only, a trace-time constant."""
+    hit = _choices.get((device, out_features, in_features, n, dtype, training))
+    if hit is not None and hit.path in _TRACEABLE:
+        return hit.path
+    if hit is not None and hit.seconds:
+        best = _fastest(hit.seconds, _TRACEABLE)
+        if best:
+            return best
+    device_type = device.split(":")[0]
+    costs = flop_costs(out_features, in_features, n, device_type=device_type, training=training)
+    return _fastest(costs, _TRACEABLE)
+
+
+def resolve_path(
+    x: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    n: int,
+    training: bool,
+    run: Callable[[str], Callable[[], object]],
+) -> str:
+    """The path ``auto`` runs for this call (see the module docstring); ``run`` builds a timed call for tuning."""
+    if torch.compiler.is_compiling():
+        return static_path(out_features, in_features, n, str(x.device), x.dtype, training)
+    key = path_key(x, out_features, in_features, n, training)
+    hit = _choices.get(key)
+    if hit is not None:
+        return hit.path
+    if x.device.type == "cuda" and x.numel() > 0 and not torch.cuda.is_current_stream_capturing():
+        return tune_path(run, key)
+    path = choose_path(out_features, in_features, n, device_type=x.device.type, training=training)
+    return _record(key, Choice(path, "flop model"))
