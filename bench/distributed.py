@@ -1,19 +1,19 @@
 """Data-parallel FourierFT on GPUs through torch.distributed's own engines (DDP, FSDP2): same loss as one GPU.
 
-    python bench/distributed.py single --out $OUT/single.json                 # 1 GPU, the whole global batch
-    torchrun --nproc_per_node 2 bench/distributed.py ddp --out $OUT/ddp.json  # 2 GPUs, half the batch each
-    torchrun --nproc_per_node 2 bench/distributed.py fsdp --out $OUT/fsdp.json
-    python bench/distributed.py compare $OUT/single.json $OUT/ddp.json $OUT/fsdp.json
+    python bench/distributed.py single --out $TMP/single.pt                 # 1 GPU, the whole global batch
+    torchrun --nproc_per_node 2 bench/distributed.py ddp --out $TMP/ddp.pt  # 2 GPUs, half the batch each
+    torchrun --nproc_per_node 2 bench/distributed.py fsdp --out $TMP/fsdp.pt
+    python bench/distributed.py compare $TMP/single.pt $TMP/ddp.pt $TMP/fsdp.pt
 
 The model is LLaMA-shaped (bf16, hidden 2048, intermediate 5504, 8 layers), all linear layers adapted (n = 1000,
-scaling 300), trained on Zipf-distributed tokens (something to learn) with AdamW. Each run records its per-step
-global loss, the median step time (after warm-up) and tokens/s, peak memory and the trained dW of one layer.
+scaling 300), trained on Zipf-distributed tokens (something to learn) with AdamW. Each run saves (torch.save) its
+per-step global loss, the median step time (after warm-up) and tokens/s, peak memory and the trained dW of one layer;
+``compare`` prints the table against the first run and writes its rows through bench/results.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -24,10 +24,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import fourierft
 
+try:
+    from bench.results import write_results
+except ModuleNotFoundError:  # run as ``python bench/distributed.py``: this folder is on sys.path, the repo root is not
+    from results import write_results
+
 GLOBAL_BATCH, SEQ, STEPS, WARMUP = 8, 1024, 30, 5
 
 
-def build(device: torch.device) -> fourierft.PeftModel:
+def build(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=2048, intermediate_size=5504, num_hidden_layers=8, num_attention_heads=16,
                          num_key_value_heads=16, vocab_size=32000, max_position_embeddings=SEQ)
@@ -83,49 +88,63 @@ def run(mode: str, out: str, batch: int) -> None:
             global_loss /= world
         losses.append(global_loss.item())
     step_s = statistics.median(times[WARMUP:])
-    spectrum = probe.fourierft_adapters["default"].spectrum
-    spectrum = spectrum.full_tensor() if hasattr(spectrum, "full_tensor") else spectrum
-    delta = fourierft.delta_weight(spectrum.detach().float(), probe.fourierft_adapters["default"].rows,
-                                   probe.fourierft_adapters["default"].cols, probe.out_features, probe.in_features,
-                                   300.0)
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    owner = model.base_model.model.model.layers[3]
+    if mode == "fsdp":
+        owner.unshard()  # a collective: every rank gathers the layer's full parameters, so PEFT's API reads them
+    with torch.no_grad():
+        delta = probe.get_delta_weight("default").float().cpu()
+    if mode == "fsdp":
+        owner.reshard()
     if rank == 0:
         record = {"mode": mode, "gpus": world, "card": torch.cuda.get_device_name(device), "losses": losses,
                   "global_batch": batch, "step_ms": 1000 * step_s, "tokens_per_s": batch * SEQ / step_s,
-                  "peak_gib_per_gpu": torch.cuda.max_memory_allocated(device) / 2**30, "delta": delta.cpu().tolist()}
-        with open(out, "w") as fh:
-            json.dump(record, fh)
+                  "peak_gib_per_gpu": peak_gib, "delta": delta}
+        torch.save(record, out)
     if distributed:
         dist.destroy_process_group()
 
 
-def compare(paths: list[str]) -> None:
-    runs = [json.load(open(p)) for p in paths]
+def compare(paths: list[str], command: str | None) -> None:
+    """Print the runs against the first (same global batch: loss and dW differences) and record them."""
+    runs = [torch.load(p, weights_only=True) for p in paths]
     ref = runs[0]
-    ref_delta = torch.tensor(ref["delta"])
     print(f"card: {ref['card']}; sequences of {SEQ} tokens, {STEPS} steps, median step after {WARMUP}; loss and dW")
-    print(f"compared with the first run when the global batch is the same")
+    print("compared with the first run when the global batch is the same")
     print("| run | GPUs | global batch | step ms | tokens/s | peak GiB/GPU | max rel. loss diff | dW rel. diff |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for r in runs:
-        batch = r.get("global_batch", GLOBAL_BATCH)
-        if batch != ref.get("global_batch", GLOBAL_BATCH):
-            print(f"| {r['mode']} | {r['gpus']} | {batch} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-                  f"{r['peak_gib_per_gpu']:.2f} | - | - |")
-            continue
-        diff = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], ref["losses"]))
-        ddiff = ((torch.tensor(r["delta"]) - ref_delta).norm() / ref_delta.norm()).item()
-        print(f"| {r['mode']} | {r['gpus']} | {batch} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-              f"{r['peak_gib_per_gpu']:.2f} | {diff:.2e} | {ddiff:.2e} |")
-    print("losses (1 GPU):", " ".join(f"{x:.3f}" for x in ref["losses"][::5]))
-    for r in runs[1:]:
-        print(f"losses ({r['mode']}, batch {r.get('global_batch', GLOBAL_BATCH)}):", " ".join(f"{x:.3f}" for x in r["losses"][::5]))
+        same = r["global_batch"] == ref["global_batch"]
+        diff = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], ref["losses"])) if same else None
+        ddiff = ((r["delta"] - ref["delta"]).norm() / ref["delta"].norm()).item() if same else None
+        rows.append({"run": r["mode"], "gpus": r["gpus"], "global_batch": r["global_batch"],
+                     "step_ms": round(r["step_ms"], 1), "tokens_per_s": round(r["tokens_per_s"]),
+                     "peak_gib_per_gpu": round(r["peak_gib_per_gpu"], 2),
+                     "max_rel_loss_diff_vs_1gpu": float(f"{diff:.3g}") if same else None,
+                     "dw_rel_diff": float(f"{ddiff:.3g}") if same else None,
+                     "loss_every_5th_step": " ".join(f"{x:.3f}" for x in r["losses"][::5])})
+        print(f"| {r['mode']} | {r['gpus']} | {r['global_batch']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['peak_gib_per_gpu']:.2f} | {f'{diff:.2e}' if same else '-'} | {f'{ddiff:.2e}' if same else '-'} |")
+    for row in rows:
+        print(f"losses ({row['run']}, batch {row['global_batch']}):", row["loss_every_5th_step"])
+    note = (f"LLaMA-shaped bf16 (hidden 2048, intermediate 5504, 8 layers), all linear layers adapted, n=1000, scaling "
+            f"300, AdamW, {STEPS} steps of {SEQ}-token sequences, median step after {WARMUP}; loss and dW compared with "
+            "the first run when the global batch is the same.")
+    print(f"results: {write_results('distributed', rows, command=command, note=note)}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["single", "ddp", "fsdp", "compare"])
-    parser.add_argument("paths", nargs="*")
-    parser.add_argument("--out")
-    parser.add_argument("--global-batch", type=int, default=GLOBAL_BATCH, help="sequences per step, all GPUs")
+    parser.add_argument("paths", nargs="*", help="compare: the runs' saved files, the reference first")
+    parser.add_argument("--out", help="single/ddp/fsdp: where the run is saved (torch.save)")
+    parser.add_argument("--global-batch", type=int, default=GLOBAL_BATCH,
+                        help="sequences per step, all GPUs (default: %(default)s)")
+    parser.add_argument("--command", help="compare: the command line recorded in the results file "
+                                          "(default: this one); bench/multi_gpu_run.sh passes its own")
     args = parser.parse_args()
-    compare(args.paths) if args.mode == "compare" else run(args.mode, args.out, args.global_batch)
+    if args.mode == "compare":
+        compare(args.paths, args.command)
+    else:
+        run(args.mode, args.out, args.global_batch)

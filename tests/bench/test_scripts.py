@@ -1,0 +1,47 @@
+"""The GPU benchmarks' record-keeping, fed hand-made runs on the CPU (their measuring parts need GPUs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repo root on sys.path; ``python -m pytest`` does
+    sys.path.insert(0, str(ROOT))
+
+from bench import distributed, results  # noqa: E402
+
+
+def test_distributed_compare_records_differences_against_the_first_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    delta = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # norm 5
+    losses = [10.0] * 10
+    runs = {
+        "single": {"mode": "single", "gpus": 1, "global_batch": 16, "step_ms": 200.04, "tokens_per_s": 81903.6,
+                   "peak_gib_per_gpu": 17.254, "losses": losses, "delta": delta, "card": "GPU"},
+        "half": {"mode": "single", "gpus": 1, "global_batch": 8, "step_ms": 100.0, "tokens_per_s": 81920.0,
+                 "peak_gib_per_gpu": 9.3, "losses": [9.0] * 10, "delta": delta * 2, "card": "GPU"},
+        # loss 10.001 at step 3: 1e-4 relative; dW off by 0.05 in one entry: 0.05 / 5 = 1e-2 relative
+        "ddp": {"mode": "ddp", "gpus": 2, "global_batch": 16, "step_ms": 120.0, "tokens_per_s": 136533.3,
+                "peak_gib_per_gpu": 9.32, "losses": [10.0, 10.0, 10.0, 10.001, *[10.0] * 6],
+                "delta": delta + torch.tensor([[0.05, 0.0], [0.0, 0.0]]), "card": "GPU"},
+    }
+    paths = []
+    for name, record in runs.items():
+        paths.append(tmp_path / f"{name}.pt")
+        torch.save(record, paths[-1])
+    distributed.compare([str(p) for p in paths], "B=16 bash bench/multi_gpu_run.sh")
+    printed = capsys.readouterr().out
+    assert "| ddp | 2 | 16 | 120.0 | 136,533 | 9.32 | 1.00e-04 | 1.00e-02 |" in printed
+    assert "| single | 1 | 8 | 100.0 | 81,920 | 9.30 | - | - |" in printed
+    (written,) = (tmp_path / "results").glob("distributed-*.json")
+    record = results.load_results(written)
+    assert record["command"] == "B=16 bash bench/multi_gpu_run.sh"
+    single, half, ddp = record["rows"]
+    assert single == {"run": "single", "gpus": 1, "global_batch": 16, "step_ms": 200.0, "tokens_per_s": 81904,
+                      "peak_gib_per_gpu": 17.25, "max_rel_loss_diff_vs_1gpu": 0.0, "dw_rel_diff": 0.0,
+                      "loss_every_5th_step": "10.000 10.000"}
+    assert half["max_rel_loss_diff_vs_1gpu"] is None and half["dw_rel_diff"] is None  # another batch: not compared
+    assert ddp["max_rel_loss_diff_vs_1gpu"] == 1e-4 and ddp["dw_rel_diff"] == 1e-2
