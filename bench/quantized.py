@@ -5,7 +5,8 @@
 LLaMA-shaped (hidden 4096, intermediate 11008, 4 layers, batch 4 x 1024 tokens); every decoder linear layer is a
 bitsandbytes ``Linear4bit`` (NF4, double quantization, bf16 compute). Variants: the frozen 4-bit model with input
 grads (floor), PEFT LoRA r=16 and fourierft (n=1000, scaling 300), on q,v and on all linear layers. Prints one
-markdown table: median train step (forward + backward + AdamW), peak memory, ratio to floor and to LoRA.
+markdown table: median train step (forward + backward + AdamW), peak memory, ratio to floor and to LoRA (both in the
+same run), and writes its rows through bench/results.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.common import build_base, measure
+from bench.results import write_results
 
 
 def quantize_decoder(model: nn.Module) -> nn.Module:
@@ -68,8 +70,10 @@ def step_fn(model: nn.Module, batch: dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps, median taken (default: %(default)s)")
+    parser.add_argument("--command", help="the command line recorded in the results file (default: this one); "
+                                          "bench/quantized_run.sh passes its own")
     args = parser.parse_args()
     print(f"card: {torch.cuda.get_device_name()}")
     rows = []
@@ -84,11 +88,18 @@ def main() -> None:
             gc.collect()
             torch.cuda.empty_cache()
         for name, (ms, peak, trainable) in results.items():
-            rows.append(f"| {targets} | {name} | {trainable:,} | {ms:.1f} | {ms / results['floor'][0]:.2f} | "
-                        f"{ms / results['peft-lora'][0]:.2f} | {peak:.2f} |")
+            rows.append({"targets": targets, "variant": name, "trainable": trainable, "step_ms": round(ms, 1),
+                         "x_floor": round(ms / results["floor"][0], 2), "x_lora": round(ms / results["peft-lora"][0], 2),
+                         "peak_gib": round(peak, 2)})
     print("| targets | variant | trainable | step ms | x floor | x LoRA | peak GiB |")
     print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    for r in rows:
+        print(f"| {r['targets']} | {r['variant']} | {r['trainable']:,} | {r['step_ms']:.1f} | {r['x_floor']:.2f} | "
+              f"{r['x_lora']:.2f} | {r['peak_gib']:.2f} |")
+    note = (f"LLaMA-shaped (hidden 4096, intermediate 11008, 4 layers), every decoder linear layer bitsandbytes NF4 with "
+            f"double quantization and bf16 compute, step = forward + backward + AdamW, median of {args.steps}; "
+            "fourierft n=1000, scaling 300; PEFT LoRA r=16.")
+    print(f"results: {write_results('quantized', rows, command=args.command, note=note)}")
 
 
 if __name__ == "__main__":
