@@ -45,7 +45,7 @@ def _check(x, spectra, row_adapter, rows, cols, in_features, scalings, path) -> 
             f"row_adapter must be an integer tensor of shape ({x.shape[0]},) (one adapter index per batch row, -1 "
             f"for none); got {row_adapter.dtype} {tuple(row_adapter.shape)}"
         )
-    scal = torch.as_tensor(scalings, dtype=torch.float64 if spectra.dtype == torch.float64 else torch.float32)
+    scal = torch.as_tensor(scalings, dtype=torch.float64)
     if scal.shape != (spectra.shape[0],):
         raise ValueError(f"scalings must hold one value per adapter ({spectra.shape[0]}); got {tuple(scal.shape)}")
     if row_adapter.device.type == "cpu" and row_adapter.numel() and not torch.compiler.is_compiling():
@@ -99,7 +99,8 @@ def spectral_linear_mixed(
     k = spectra.shape[0]
     idx = torch.where(row_adapter < 0, k, row_adapter).to(torch.int64)
     idx = idx.repeat_interleave(per_row) if per_row != 1 else idx  # (T,)
-    c = spectra * (scal.to(spectra.device, spectra.dtype) / d1)[:, None]  # (K, n), O(scaling / d1) values
+    work = torch.float64 if dt == torch.float64 else torch.float32
+    c = spectra.to(work) * (scal.to(spectra.device, work) / d1)[:, None]  # (K, n), O(scaling / d1) values
     if path == "lowrank":
         w = torch.cat([torch.cat([c, -c], 1), c.new_zeros(1, 2 * n)]).to(dt)  # (K + 1, 2n)
         q = x2 @ basis(cols, d2, dt)  # (T, 2n)
