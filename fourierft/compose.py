@@ -18,7 +18,9 @@ import math
 import re
 
 import torch
+from peft.utils.other import ModulesToSaveWrapper
 
+from .config import derive_config
 from .entries import spectral_entries
 from .sampling import check_entries
 
@@ -72,48 +74,52 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
     _check_args(tuner, adapters, weights, adapter_name)
     weights = [float(w) for w in weights]
     first = tuner.peft_config[adapters[0]]
-    scaling = first.scaling
+    layers = dict(tuner.fourierft_layers())
+    scaling = first.scaling  # the new adapter's, with the backward norm; each part is rescaled to it
     plan: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for name, layer in tuner.fourierft_layers():
         parts = []
         for a, w in zip(adapters, weights):
-            if a in layer.fourierft_adapters:
-                ad = layer.fourierft_adapters[a]
-                c = ad.spectrum.detach().double().cpu() * (w * ad.scaling / scaling)
-                parts.append((ad.rows.cpu(), ad.cols.cpu(), c))
+            if a in layer.fourierft_spectrum:
+                c = layer.fourierft_spectrum[a].detach().double().cpu() * (w * layer.scaling(a) / scaling)
+                rows, cols = layer.entries(a)
+                parts.append((rows.cpu(), cols.cpu(), c))
         if parts:
             plan[name] = _union(parts, layer.in_features)
     sizes = {name: rows.numel() for name, (rows, _, _) in plan.items()}
-    layers = dict(tuner.fourierft_layers())
     # PEFT-compatible only if PEFT would regenerate exactly these entries from the first adapter's seed.
-    regenerable = first.entry_sampling == "uniform" and all(
+    regenerable = getattr(first, "entry_sampling", "uniform") == "uniform" and all(
         all(torch.equal(got, want) for got, want in zip(plan[name][:2], spectral_entries(
             layers[name].out_features, layers[name].in_features, sizes[name], first.random_loc_seed)))
         for name in plan
     )
     n = max(sizes.values(), key=list(sizes.values()).count)  # the most common size; the rest by pattern
-    config = first.copy(
-        scaling=scaling, n_frequency=n, target_modules=set(plan), exclude_modules=None, layers_to_transform=None,
+    config = derive_config(
+        first, scaling=scaling, ifft2_norm="backward", alpha=None, n_frequency=n, target_modules=set(plan),
+        exclude_modules=None, layers_to_transform=None,
         layers_pattern=None, n_frequency_pattern={re.escape(k): v for k, v in sizes.items() if v != n},
         modules_to_save=sorted({m for a in adapters for m in tuner.peft_config[a].modules_to_save or []}) or None,
         entry_sampling="uniform" if regenerable else "stored", frequency_center=None, frequency_width=None,
         init_weights=True, inference_mode=all(tuner.peft_config[a].inference_mode for a in adapters),
     )
-    tuner.inject_adapter(adapter_name, config)
+    tuner.peft_config[adapter_name] = config
     try:
+        tuner.inject_adapter(tuner.model, adapter_name)
         for name, layer in tuner.fourierft_layers():
             if name in plan:
                 rows, cols, coeffs = plan[name]
                 check_entries(rows, cols, layer.out_features, layer.in_features, f"layer {name!r}")
-                new = layer.fourierft_adapters[adapter_name]
-                new.rows.copy_(rows)
-                new.cols.copy_(cols)
-                new.spectrum.copy_(coeffs.to(new.spectrum.dtype))
-        for _, wrapper in tuner.saved_modules():
-            if adapter_name in wrapper.modules_to_save:
+                new_rows, new_cols = layer.entries(adapter_name)
+                new_rows.copy_(rows)
+                new_cols.copy_(cols)
+                spectrum = layer.fourierft_spectrum[adapter_name]
+                spectrum.copy_(coeffs.to(spectrum.dtype))
+        for wrapper in tuner.model.modules():
+            if isinstance(wrapper, ModulesToSaveWrapper) and adapter_name in wrapper.modules_to_save:
                 _combine_module(wrapper, adapters, weights, adapter_name)
     except BaseException:
-        tuner.delete_adapter(adapter_name)
+        if adapter_name in tuner.peft_config:
+            tuner.delete_adapter(adapter_name)
         raise
 
 

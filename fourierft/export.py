@@ -16,7 +16,7 @@ GPT-2 ``Conv1D`` layers need ``fan_in_fan_out=True`` in PEFT LoRA; ``lora_A``/``
 ``(r, in)``/``(out, r)`` shapes there too. ``Conv2d`` (groups 1): ``A`` becomes a ``kh x kw`` conv to ``r`` channels
 (the same ``(out, in * kh * kw)`` view as :mod:`fourierft.layers_extra`), ``B`` a ``1 x 1`` conv. ``Embedding``:
 PEFT's ``lora_embedding_A = B^T``, ``lora_embedding_B = A^T``. ``modules_to_save`` copies and trained biases are written under the same
-keys as our own checkpoints (PEFT's generic layout).
+keys as PEFT's own checkpoints (its generic layout).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import PREFIX, WEIGHTS_NAME, _slots
 from .io import atomic_write, atomic_write_bytes
-from .layer import FourierFTLayer, conv1d_class
+from .layer import FourierFTLayer
 from .spectral import delta_weight
+
+PREFIX = "base_model.model."  # PEFT's key prefix for LoRA-style tuners
+WEIGHTS_NAME = "adapter_model.safetensors"
 
 _LORA_BIAS = {"none": "none", "all": "all", "fourier_only": "lora_only"}
 
@@ -78,12 +80,12 @@ def svd_factors(dw: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch
 
 
 def _layer_factors(layer: FourierFTLayer, adapter_name: str, rank: int | None):
-    adapter = layer.fourierft_adapters[adapter_name]
-    d1, d2 = adapter.out_features, adapter.in_features
-    dw = delta_weight(adapter.spectrum.detach().cpu(), adapter.rows.cpu(), adapter.cols.cpu(), d1, d2,
-                      adapter.scaling, torch.float64)
+    spectrum = layer.fourierft_spectrum[adapter_name].detach().cpu()
+    rows, cols = (t.cpu() for t in layer.entries(adapter_name))
+    d1, d2, scaling = layer.out_features, layer.in_features, layer.scaling(adapter_name)
+    dw = delta_weight(spectrum, rows, cols, d1, d2, scaling, torch.float64)
     if rank is None:
-        b, a = exact_factors(adapter.spectrum, adapter.rows, adapter.cols, d1, d2, adapter.scaling)
+        b, a = exact_factors(spectrum, rows, cols, d1, d2, scaling)
         if b.shape[1] > min(d1, d2):
             b, a = svd_factors(dw, None)
     else:
@@ -95,19 +97,17 @@ def _layer_factors(layer: FourierFTLayer, adapter_name: str, rank: int | None):
 
 
 def _check_exportable(layer: FourierFTLayer, name: str) -> None:
-    conv1d = conv1d_class()
-    base = layer.base_layer
+    base = layer.get_base_layer()
     if isinstance(base, torch.nn.Conv2d) and base.groups != 1:
         raise ValueError(f"layer {name!r} is a grouped Conv2d (groups={base.groups}): LoRA export needs groups=1")
-    if not isinstance(base, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)) and not (
-            conv1d is not None and isinstance(base, conv1d)):
+    if not (isinstance(base, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)) or layer.fan_in_fan_out):
         raise ValueError(f"layer {name!r} is a {type(base).__name__}: LoRA export handles Linear, Conv1D, Conv2d "
                          "and Embedding layers")
 
 
 def _lora_tensors(layer: FourierFTLayer, name: str, b: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
     """PEFT LoRA's tensors for ``dW = B @ A`` (``B`` ``(d1, r)``, ``A`` ``(r, d2)``) in the layer's LoRA layout."""
-    base, key = layer.base_layer, PREFIX + name
+    base, key = layer.get_base_layer(), PREFIX + name
     if isinstance(base, torch.nn.Conv2d):  # lora_A: a kxk conv to r channels on the (in*kh*kw) view; lora_B: 1x1
         return {f"{key}.lora_A.weight": a.reshape(a.shape[0], *base.weight.shape[1:]).contiguous(),
                 f"{key}.lora_B.weight": b.reshape(*b.shape, 1, 1).contiguous()}
@@ -118,18 +118,20 @@ def _lora_tensors(layer: FourierFTLayer, name: str, b: torch.Tensor, a: torch.Te
 
 def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str = "default",
                 rank: int | None = None) -> LoraExport:
-    """Write adapter ``adapter_name`` as a PEFT LoRA checkpoint in ``save_directory``; return ranks and errors.
+    """Write adapter ``adapter_name`` of ``peft_model`` (a ``peft.PeftModel``) as a PEFT LoRA checkpoint in ``save_directory``; return ranks and errors.
 
     ``rank=None``: exact (rank ``<= 2n`` per layer). ``rank=r``: the best rank-``r`` truncation, error reported.
     Raises ``ValueError`` before writing anything for unknown adapters, bad ranks or unsupported layers.
     """
-    tuner = getattr(peft_model, "base_model", peft_model)
+    from peft.utils import get_peft_model_state_dict
+
+    tuner = peft_model.base_model
     if adapter_name not in tuner.peft_config:
         raise ValueError(f"unknown adapter {adapter_name!r}; adapters: {sorted(tuner.peft_config)}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive integer or None (exact), got {rank!r}")
     config = tuner.peft_config[adapter_name]
-    layers = [(n, layer) for n, layer in tuner.fourierft_layers() if adapter_name in layer.fourierft_adapters]
+    layers = [(n, layer) for n, layer in tuner.fourierft_layers() if adapter_name in layer.fourierft_spectrum]
     for name, layer in layers:
         _check_exportable(layer, name)
     report = LoraExport(os.fspath(save_directory))
@@ -139,10 +141,11 @@ def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str
         b, a, err = _layer_factors(layer, adapter_name, rank)
         tensors.update(_lora_tensors(layer, name, b, a))
         report.ranks[name], report.relative_errors[name] = a.shape[0], err
-        fan_in_fan_out |= layer.fan_in_fan_out
-    for key, value in _slots(tuner, adapter_name).items():  # modules_to_save copies, trained biases
-        if not key.endswith((".fourierft_spectrum", ".fourierft_rows", ".fourierft_cols")):
-            tensors[PREFIX + key] = value.detach().cpu().contiguous()
+        fan_in_fan_out |= getattr(layer, "fan_in_fan_out", False)
+    # modules_to_save copies and trained biases, under PEFT's generic keys
+    for key, value in get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items():
+        if ".fourierft_" not in key:
+            tensors[key] = value.detach().cpu().contiguous()
     r = Counter(report.ranks.values()).most_common(1)[0][0] if report.ranks else 1
     pattern = {re.escape(n): k for n, k in report.ranks.items() if k != r}
     lora_config = {

@@ -1,8 +1,17 @@
-"""FourierFT layers: one adapter is one module; a layer wraps its frozen ``base_layer`` and holds adapters by name.
+"""FourierFT tuner layers, one class per base layer type, on PEFT's ``BaseTunerLayer``.
 
-Parameter names follow PEFT's layout where it matters for checkpoints: the frozen weight stays at
-``<layer>.base_layer.weight``; a coefficient vector lives at ``<layer>.fourierft_adapters.<name>.spectrum`` and is
-saved under PEFT's key ``<layer>.fourierft_spectrum`` (see :mod:`fourierft.checkpoint`).
+State per adapter ``a`` (PEFT's names, so parameter names and checkpoints are PEFT's):
+
+* ``fourierft_spectrum[a]``: ``(n,)`` trainable coefficients (saved as ``<layer>.fourierft_spectrum``);
+* ``fourierft_indices[a]``: ``(2, n)`` int64 entries ``[rows; cols]``, regenerated from ``random_loc_seed`` (O(n),
+  :mod:`fourierft.entries`) and never saved, exactly as PEFT regenerates them; or, for non-uniform entries,
+  ``fourierft_rows[a]`` and ``fourierft_cols[a]`` ``(n,)`` each, which *are* saved (:mod:`fourierft.sampling`);
+* ``fourierft_n_frequency[a]``, ``fourierft_scaling[a]``, ``fourierft_random_loc_seed[a]``: plain numbers.
+
+The layer computes ``y = base_layer(x) + sum over active, unmerged a of delta_a(x)`` where ``delta_a`` applies
+``dW_a`` (:func:`fourierft.spectral.delta_weight`, the one definition) as the base layer would apply its weight.
+Linear layers use the fast kernels (:mod:`fourierft.kernels`); Conv2d and Embedding their own forms
+(:mod:`fourierft.layers_extra`).
 """
 
 from __future__ import annotations
@@ -10,226 +19,243 @@ from __future__ import annotations
 import warnings
 
 import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from . import mixed
+from .config import n_frequency_for, norm_factor
 from .entries import spectral_entries
 from .kernels import spectral_linear
-from .layers_extra import as_weight, check_extra, conv2d_delta, embedding_delta, extra_layer_types, matrix_shape
+from .layers_extra import check_extra, conv2d_delta, embedding_delta, matrix_shape
+from .mixed import BASE, expand_names, row_groups
 from .quantized import quantization_kind
+from .sampling import sampler_for
 from .spectral import delta_weight
 
 
-def conv1d_class() -> type[nn.Module] | None:
-    """transformers' GPT-2 ``Conv1D`` (weight stored ``(in, out)``), or None without transformers."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return None
-    return Conv1D
+class FourierFTLayer(nn.Module, BaseTunerLayer):
+    """What every FourierFT layer shares: adapters' state, ``dW``, merging, forward. Subclasses say how ``dW`` is
+    applied to an input (:meth:`adapter_output`) and on which matrix view of the weight it lives."""
 
+    adapter_layer_names = ("fourierft_spectrum",)
+    other_param_names = ("fourierft_n_frequency", "fourierft_scaling", "fourierft_random_loc_seed",
+                         "fourierft_indices", "fourierft_rows", "fourierft_cols")
 
-def supported_layer_types() -> tuple[type[nn.Module], ...]:
-    conv1d = conv1d_class()
-    return (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
-
-
-class SpectralAdapter(nn.Module):
-    """One FourierFT adapter of one ``(out_features, in_features)`` weight.
-
-    State: ``spectrum`` ``(n,)`` float32 trainable coefficients; ``rows``, ``cols`` ``(n,)`` int64 entries (buffers,
-    not saved: regenerated from ``seed`` exactly as the reference does).
-    """
-
-    def __init__(
-        self,
-        out_features: int,
-        in_features: int,
-        n_frequency: int,
-        scaling: float,
-        seed: int,
-        init_weights: bool = False,
-        device: torch.device | str | None = None,
-        entry_sampler=None,
-    ) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, n_frequency: int, **kwargs) -> None:
         super().__init__()
-        self.out_features, self.in_features = out_features, in_features
-        self.scaling, self.seed = scaling, seed
-        # entry_sampler (fourierft.sampling): None = PEFT's uniform entries, regenerated from the seed.
-        rows, cols = (entry_sampler or spectral_entries)(out_features, in_features, n_frequency, seed)
-        if device is not None and torch.device(device).type == "meta":
-            spectrum = torch.empty(n_frequency, device="meta")  # low_cpu_mem_usage: materialised on load
-        elif init_weights:
-            spectrum = torch.zeros(n_frequency)
-        else:
-            spectrum = torch.randn(n_frequency)  # drawn on the CPU like the reference, so seeds agree with PEFT
-        self.spectrum = nn.Parameter(spectrum.to(device) if device is not None else spectrum)
-        entries_device = None if device is None or torch.device(device).type == "meta" else device
-        self.register_buffer("rows", rows.to(entries_device), persistent=False)
-        self.register_buffer("cols", cols.to(entries_device), persistent=False)
-
-    @property
-    def n_frequency(self) -> int:
-        return self.spectrum.numel()
-
-    def delta_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``dW``, ``(out_features, in_features)`` of ``dtype``: see :func:`fourierft.spectral.delta_weight`."""
-        rows, cols = self.rows.to(self.spectrum.device), self.cols.to(self.spectrum.device)
-        return delta_weight(self.spectrum, rows, cols, self.out_features, self.in_features, self.scaling, dtype)
-
-    def forward(self, x: torch.Tensor, path: str = "auto") -> torch.Tensor:
-        """``x @ dW.T``: ``(..., in_features) -> (..., out_features)`` in ``x.dtype``."""
-        return spectral_linear(
-            x, self.spectrum, self.rows, self.cols, self.out_features, self.in_features, self.scaling, path=path
-        )
-
-    def extra_repr(self) -> str:
-        return f"n_frequency={self.n_frequency}, scaling={self.scaling}, seed={self.seed}"
-
-
-class FourierFTLayer(nn.Module):
-    """A frozen ``nn.Linear``, GPT-2 ``Conv1D``, ``nn.Conv2d`` or ``nn.Embedding`` plus FourierFT adapters.
-
-    ``y = base_layer(x) + sum over active, unmerged adapters a of x @ dW_a.T``. State changes only through named
-    methods: :meth:`update_layer`, :meth:`set_adapter`, :meth:`merge`, :meth:`unmerge`, :meth:`delete_adapter`,
-    :meth:`enable_adapters`.
-    """
-
-    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
-        super().__init__()
-        conv1d = conv1d_class()
-        if isinstance(base_layer, nn.Linear):
-            self.out_features, self.in_features = base_layer.out_features, base_layer.in_features
-        elif conv1d is not None and isinstance(base_layer, conv1d):
-            self.in_features, self.out_features = base_layer.weight.shape  # Conv1D stores (in, out)
-        elif isinstance(base_layer, extra_layer_types()):  # Conv2d, Embedding: see fourierft.layers_extra
-            check_extra(base_layer)
-            self.out_features, self.in_features = matrix_shape(base_layer)
-        else:
-            raise TypeError(
-                f"FourierFT adapts nn.Linear, transformers' Conv1D, nn.Conv2d and nn.Embedding, not "
-                f"{type(base_layer).__name__}"
-            )
         self.base_layer = base_layer
-        self.fan_in_fan_out = fan_in_fan_out
-        self.fourierft_adapters = nn.ModuleDict()
-        self.active_adapters: list[str] = []
+        self.fourierft_spectrum = nn.ParameterDict({})
+        self.fourierft_indices = BufferDict({}, persistent=False)
+        self.fourierft_rows = BufferDict({}, persistent=True)
+        self.fourierft_cols = BufferDict({}, persistent=True)
+        self.fourierft_n_frequency: dict[str, int] = {}
+        self.fourierft_scaling: dict[str, float] = {}
+        self.fourierft_random_loc_seed: dict[str, int] = {}
+        self._norm_factor: dict[str, float] = {}
+        self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self.disable_adapters = False
         self.compute_path = "auto"
-        # Per-row adapter names: set only inside fourierft.mixed.mixed_batch (cleared in its finally), else None.
-        self.mixed_adapter_names: list[str] | None = None
+        self.kwargs = kwargs
+        self.out_features, self.in_features = self._matrix_shape(self.get_base_layer())
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, n_frequency, config=config)
+
+    @staticmethod
+    def _matrix_shape(base: nn.Module) -> tuple[int, int]:
+        """``(d1, d2)`` of the matrix the spectrum lives on."""
+        raise NotImplementedError
 
     # --- adapters -------------------------------------------------------------------------------------------------
-    def update_layer(
-        self,
-        adapter_name: str,
-        n_frequency: int,
-        scaling: float,
-        seed: int,
-        init_weights: bool = False,
-        low_cpu_mem_usage: bool = False,
-        entry_sampler=None,
-    ) -> None:
-        """Add (or replace) adapter ``adapter_name`` on this layer, on the base weight's device."""
+    def update_layer(self, adapter_name: str, n_frequency: int, config, **kwargs) -> None:
+        """Add (or replace) adapter ``adapter_name`` with ``n_frequency`` coefficients, on the base layer's device."""
+        d1, d2 = self.out_features, self.in_features
+        if not 0 < n_frequency <= d1 * d2:
+            raise ValueError(
+                f"n_frequency={n_frequency} does not fit a {d1}x{d2} weight (1 <= n <= {d1 * d2}): lower n_frequency "
+                "or set n_frequency_pattern for this layer")
         if adapter_name in self.merged_adapters:
-            raise ValueError(f"adapter {adapter_name!r} is merged into {self!r}: unmerge it before replacing it")
-        weight = self.base_layer.weight
-        device = torch.device("meta") if low_cpu_mem_usage or weight.device.type == "meta" else weight.device
-        self.fourierft_adapters[adapter_name] = SpectralAdapter(
-            self.out_features, self.in_features, n_frequency, scaling, seed, init_weights, device, entry_sampler
-        )
+            raise ValueError(f"adapter {adapter_name!r} is merged: unmerge it before replacing it")
+        sampler = sampler_for(config) or spectral_entries
+        rows, cols = sampler(d1, d2, n_frequency, config.random_loc_seed)
+        if getattr(config, "entry_sampling", "uniform") == "uniform":
+            self.fourierft_indices[adapter_name] = torch.stack([rows, cols])  # (2, n)
+        else:
+            self.fourierft_rows[adapter_name], self.fourierft_cols[adapter_name] = rows, cols
+        self.fourierft_n_frequency[adapter_name] = n_frequency
+        self.fourierft_scaling[adapter_name] = config.scaling
+        self.fourierft_random_loc_seed[adapter_name] = config.random_loc_seed
+        self._norm_factor[adapter_name] = norm_factor(config, d1, d2)
+        # drawn on the CPU like PEFT's, so the same torch seed gives the same initial coefficients
+        spectrum = torch.zeros(n_frequency) if config.init_weights else torch.randn(n_frequency)
+        self.fourierft_spectrum[adapter_name] = nn.Parameter(spectrum, requires_grad=True)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name in self.merged_adapters:
             raise ValueError(f"adapter {adapter_name!r} is merged: unmerge it before deleting it")
-        del self.fourierft_adapters[adapter_name]
-        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
+        self._norm_factor.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
 
-    def set_adapter(self, adapter_names: list[str]) -> None:
-        self.active_adapters = [a for a in adapter_names if a in self.fourierft_adapters]
+    def set_compute_path(self, path: str) -> None:
+        """How linear layers compute ``x @ dW.T``: one of :data:`fourierft.kernels.PATHS`."""
+        from .kernels import PATHS
 
-    def enable_adapters(self, enabled: bool) -> None:
-        self.disable_adapters = not enabled
+        if path not in PATHS:
+            raise ValueError(f"unknown compute path {path!r}; choose one of {list(PATHS)}")
+        self.compute_path = path
 
-    @property
-    def fourierft_spectrum(self) -> dict[str, nn.Parameter]:
-        """PEFT's attribute: ``{adapter name: coefficients}`` (read-only view)."""
-        return {name: a.spectrum for name, a in self.fourierft_adapters.items()}
+    def entries(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, cols)``, each ``(n,)`` int64, of one adapter."""
+        if adapter_name in self.fourierft_rows:
+            return self.fourierft_rows[adapter_name], self.fourierft_cols[adapter_name]
+        indices = self.fourierft_indices[adapter_name]
+        return indices[0], indices[1]
+
+    def scaling(self, adapter_name: str) -> float:
+        """The factor in front of PEFT's ``backward``-normalised ``ifft2``: ``scaling`` times the norm's factor."""
+        return self.fourierft_scaling[adapter_name] * self._norm_factor.get(adapter_name, 1.0)
 
     # --- weights --------------------------------------------------------------------------------------------------
-    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """``dW`` of one adapter, ``(out_features, in_features)`` float32 (PEFT's orientation, also for Conv1D)."""
-        return self.fourierft_adapters[adapter_name].delta_weight()
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """``dW`` of one adapter: ``(out_features, in_features)`` float32 (PEFT's orientation, also for Conv1D)."""
+        spectrum = self.fourierft_spectrum[adapter]
+        if spectrum.device.type == "meta":
+            raise RuntimeError(f"adapter {adapter!r} has no coefficients yet (created with low_cpu_mem_usage=True and "
+                               "never loaded): load its weights first")
+        rows, cols = self.entries(adapter)
+        return delta_weight(spectrum, rows, cols, self.out_features, self.in_features, self.scaling(adapter))
 
-    def _weight_delta(self, adapter_name: str) -> torch.Tensor:
-        """``dW`` in the base weight's own layout and dtype (transposed for Conv1D)."""
-        kind = quantization_kind(self.base_layer)
-        if kind is not None:  # adding dW to quantized storage would round most of it away, or corrupt packed bits
-            raise ValueError(
-                f"cannot merge into a {kind} weight without losing the adapter: keep it unmerged, or call "
-                "merge_and_unload(dequantize=True) to get float layers holding dequantize(W) + dW"
-            )
-        dw = self.get_delta_weight(adapter_name).to(self.base_layer.weight.device)
-        if isinstance(self.base_layer, extra_layer_types()):
-            return as_weight(self.base_layer, dw).to(self.base_layer.weight.dtype)
-        return (dw.T if self.fan_in_fan_out else dw).to(self.base_layer.weight.dtype)
+    def _weight_delta(self, adapter: str) -> torch.Tensor:
+        """``dW`` in the base weight's own layout and dtype."""
+        base = self.get_base_layer()
+        kind = quantization_kind(base)
+        if kind is not None:  # adding dW to quantized storage would round most of it away or corrupt packed bits
+            raise ValueError(f"cannot merge into a {kind} weight without losing the adapter: keep it unmerged, or call "
+                             "merge_and_unload(dequantize=True) for float layers holding dequantize(W) + dW")
+        return self._as_weight(self.get_delta_weight(adapter)).to(base.weight.device, base.weight.dtype)
 
-    @property
-    def merged(self) -> bool:
-        return bool(self.merged_adapters)
+    def _as_weight(self, dw: torch.Tensor) -> torch.Tensor:
+        return dw.reshape(self.get_base_layer().weight.shape)
 
-    def check_merge(self, adapter_names: list[str]) -> None:
-        """Raise ``ValueError`` if merging these adapters would put NaN or inf into the weight (nothing changes)."""
-        merged = self.base_layer.weight.detach().clone()
-        for name in adapter_names:
-            merged += self._weight_delta(name)
-            if not torch.isfinite(merged).all():
-                raise ValueError(f"NaN or inf in the merged weights: adapter {name!r} seems to be broken")
-
-    @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Add ``dW`` of the given (default: active) adapters into the base weight; already merged ones are skipped."""
-        names = self.active_adapters if adapter_names is None else adapter_names
-        names = [n for n in names if n in self.fourierft_adapters and n not in self.merged_adapters]
+        """Add ``dW`` of the given (default: active) adapters into the base weight. With ``safe_merge`` nothing
+        changes if the result would hold NaN or inf."""
+        names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.fourierft_spectrum]
+        if not names:
+            return
+        weight = self.get_base_layer().weight
+        deltas = [self._weight_delta(n) for n in names]  # all computed (and checked) before the weight changes
         if safe_merge:
-            self.check_merge(names)
-        for name in names:
-            self.base_layer.weight.data += self._weight_delta(name)
-            self.merged_adapters.append(name)
+            merged = weight.detach().clone()
+            for name, delta in zip(names, deltas):
+                merged += delta
+                if not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+        with torch.no_grad():
+            for name, delta in zip(names, deltas):
+                weight.data += delta
+                self.merged_adapters.append(name)
 
-    @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract every merged adapter's ``dW`` again, newest first. Does nothing when nothing is merged."""
-        while self.merged_adapters:
-            self.base_layer.weight.data -= self._weight_delta(self.merged_adapters.pop())
+        """Subtract every merged adapter's ``dW`` again, newest first."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        with torch.no_grad():
+            while self.merged_adapters:
+                name = self.merged_adapters[-1]
+                self.get_base_layer().weight.data -= self._weight_delta(name)
+                self.merged_adapters.pop()
 
     # --- forward --------------------------------------------------------------------------------------------------
-    def adapter_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
-        """One adapter's contribution ``x @ dW.T`` for input ``x`` ``(..., in_features)`` (Conv2d: ``conv(x, dW)``,
-        Embedding: ``dW[x]``; see :mod:`fourierft.layers_extra`)."""
-        if isinstance(self.base_layer, nn.Conv2d):
-            return conv2d_delta(self.base_layer, self.fourierft_adapters[adapter_name], x)
-        if isinstance(self.base_layer, nn.Embedding):
-            return embedding_delta(self.base_layer, self.fourierft_adapters[adapter_name], x)
-        return self.fourierft_adapters[adapter_name](x, path=self.compute_path)
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """One adapter's contribution for input ``x``, in the shape of the base layer's output."""
+        raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.mixed_adapter_names is not None:
-            return mixed.layer_forward(self, x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
+    def forward(self, x: torch.Tensor, *args, adapter_names: list[str] | None = None, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:
-                warnings.warn("adapters are disabled but merged into the weights: unmerge them first", stacklevel=2)
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
             return result
         for name in self.active_adapters:
-            if name not in self.merged_adapters:
-                result = result + self.adapter_delta(name, x).to(result.dtype)
+            if name in self.fourierft_spectrum:
+                result = result + self.adapter_output(name, x).to(result.dtype)
         return result
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fan_in_fan_out={self.fan_in_fan_out}"
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
+        """Row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none); see :mod:`mixed`."""
+        result = self.base_layer(x, *args, **kwargs)
+        for name, idx in row_groups(expand_names(adapter_names, x.shape[0]), x.device).items():
+            if name == BASE or name not in self.fourierft_spectrum:  # absent here: adds nothing, as when alone
+                continue
+            delta = self.adapter_output(name, x.index_select(0, idx))
+            result = result.index_add(0, idx, delta.to(result.dtype))
+        return result
+
+    def __repr__(self) -> str:
+        return "fourierft." + super().__repr__()
 
 
-# PEFT's name for the Linear/Conv1D layer class.
-FourierFTLinear = FourierFTLayer
+class Linear(FourierFTLayer):
+    """FourierFT on ``nn.Linear``, transformers' GPT-2 ``Conv1D`` (``fan_in_fan_out``) and quantized linear layers
+    (bitsandbytes 4/8-bit, torchao): ``y = base(x) + x @ dW.T`` through :func:`fourierft.kernels.spectral_linear`."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, n_frequency: int,
+                 fan_in_fan_out: bool = False, **kwargs) -> None:
+        self.fan_in_fan_out = fan_in_fan_out  # a plain bool, read by _as_weight
+        super().__init__(base_layer, adapter_name, config, n_frequency, **kwargs)
+
+    @staticmethod
+    def _matrix_shape(base: nn.Module) -> tuple[int, int]:
+        if hasattr(base, "in_features") and hasattr(base, "out_features"):  # nn.Linear and quantized linears
+            return base.out_features, base.in_features
+        d_in, d_out = base.weight.shape  # Conv1D stores (in, out)
+        return d_out, d_in
+
+    def _as_weight(self, dw: torch.Tensor) -> torch.Tensor:
+        return dw.T if self.fan_in_fan_out else dw
+
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """``x @ dW.T``: ``(..., in_features) -> (..., out_features)`` in ``x.dtype``."""
+        spectrum = self.fourierft_spectrum[adapter]
+        if spectrum.device.type == "meta":
+            self.get_delta_weight(adapter)  # raises the clear error
+        rows, cols = self.entries(adapter)
+        return spectral_linear(x, spectrum, rows, cols, self.out_features, self.in_features, self.scaling(adapter),
+                               path=self.compute_path)
+
+
+class Conv2d(FourierFTLayer):
+    """FourierFT on ``nn.Conv2d``: the spectrum lives on the ``(out, in / groups * kh * kw)`` view of the kernel."""
+
+    _matrix_shape = staticmethod(matrix_shape)
+
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        return conv2d_delta(self.get_base_layer(), self.get_delta_weight(adapter), x)
+
+
+class Embedding(FourierFTLayer):
+    """FourierFT on ``nn.Embedding``: ``dW`` has the weight's shape; only the looked-up rows are computed."""
+
+    def __init__(self, base_layer: nn.Embedding, adapter_name: str, config, n_frequency: int, **kwargs) -> None:
+        check_extra(base_layer)
+        super().__init__(base_layer, adapter_name, config, n_frequency, **kwargs)
+
+    _matrix_shape = staticmethod(matrix_shape)
+
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.entries(adapter)
+        return embedding_delta(self.fourierft_spectrum[adapter], rows, cols, self.out_features, self.in_features,
+                               self.scaling(adapter), x)
+
+
+def n_frequency_of(config, key: str, base: nn.Module, layer_cls: type[FourierFTLayer]) -> int:
+    """Coefficients the layer at ``key`` gets under ``config``."""
+    d1, d2 = layer_cls._matrix_shape(base)
+    return n_frequency_for(config, key, d1, d2)

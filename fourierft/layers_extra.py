@@ -23,11 +23,6 @@ import torch
 from torch import nn
 
 
-def extra_layer_types() -> tuple[type[nn.Module], ...]:
-    """Layer types adapted only when named directly (never by ``"all-linear"`` or container names)."""
-    return (nn.Conv2d, nn.Embedding)
-
-
 def matrix_shape(base: nn.Module) -> tuple[int, int]:
     """``(d1, d2)`` of the matrix the spectrum lives on, for a Conv2d or an Embedding."""
     if isinstance(base, nn.Conv2d):
@@ -38,32 +33,27 @@ def matrix_shape(base: nn.Module) -> tuple[int, int]:
     raise TypeError(f"not a Conv2d or Embedding: {type(base).__name__}")
 
 
-def as_weight(base: nn.Module, dw: torch.Tensor) -> torch.Tensor:
-    """``dW`` ``(d1, d2)`` in the layout of ``base.weight`` (the kernel shape for Conv2d)."""
-    return dw.reshape(base.weight.shape)
+def conv2d_delta(base: nn.Conv2d, dw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x, dW)`` with the base conv's geometry: ``(N, C_in, H, W) -> (N, C_out, H', W')`` in ``x.dtype``.
+
+    ``dw``: ``(out, in / groups * kh * kw)``, reshaped to the kernel.
+    """
+    return base._conv_forward(x, dw.reshape(base.weight.shape).to(x.dtype), None)  # padding_mode as the base does
 
 
-def conv2d_delta(base: nn.Conv2d, adapter, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x, dW)`` with the base conv's geometry: ``(N, C_in, H, W) -> (N, C_out, H', W')`` in ``x.dtype``."""
-    weight = as_weight(base, adapter.delta_weight()).to(x.dtype)
-    return base._conv_forward(x, weight, None)  # handles padding_mode as the base layer does
+def embedding_delta(spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, d1: int, d2: int,
+                    scaling: float, ids: torch.Tensor) -> torch.Tensor:
+    """``dW[ids]`` float32: ``ids`` ``(...)`` int64 -> ``(..., d2)``, differentiable in the ``(n,)`` spectrum.
 
-
-def embedding_rows(adapter, ids: torch.Tensor) -> torch.Tensor:
-    """``dW[ids]`` float32: ``ids`` ``(...)`` int64 -> ``(..., embedding_dim)``, differentiable in the spectrum."""
-    d1, d2 = adapter.out_features, adapter.in_features
+    ``d1, d2 = num_embeddings, embedding_dim``; only the distinct ids' rows are computed (see the module docstring).
+    """
     unique, inverse = torch.unique(ids, return_inverse=True)
-    c = adapter.spectrum.float()
-    u, v = adapter.rows.to(ids.device), adapter.cols.to(ids.device)
+    c = spectrum.float()
+    u, v = rows.to(ids.device), cols.to(ids.device)
     a = (unique[:, None] * u[None, :]) % d1 * (2 * torch.pi / d1)  # (U, n)
     b = (torch.arange(d2, device=ids.device)[:, None] * v[None, :]) % d2 * (2 * torch.pi / d2)  # (d2, n)
-    rows = (torch.cos(a) * c) @ torch.cos(b).T - (torch.sin(a) * c) @ torch.sin(b).T  # (U, d2)
-    return (rows * (adapter.scaling / (d1 * d2)))[inverse]
-
-
-def embedding_delta(base: nn.Embedding, adapter, ids: torch.Tensor) -> torch.Tensor:
-    """``F.embedding(ids, dW)``: ``(...)`` -> ``(..., embedding_dim)`` float32 (``max_norm`` is refused at wrap)."""
-    return embedding_rows(adapter, ids)
+    out = (torch.cos(a) * c) @ torch.cos(b).T - (torch.sin(a) * c) @ torch.sin(b).T  # (U, d2)
+    return (out * (scaling / (d1 * d2)))[inverse]
 
 
 def check_extra(base: nn.Module) -> None:

@@ -1,0 +1,149 @@
+"""``FourierFTModel``: PEFT's FourierFT tuner with fourierft's layers.
+
+A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`` does the targeting,
+``modules_to_save``, tied weights, adapter bookkeeping and checkpoints). What is ours:
+
+* the layers (:mod:`fourierft.layer`): O(n) bit-exact entries, fast kernels, Conv2d and Embedding, quantized bases;
+* mixed-adapter batches (``adapter_names=``, :mod:`fourierft.mixed`);
+* :meth:`set_compute_path`, :meth:`add_weighted_adapter` (:mod:`fourierft.compose`),
+  ``merge_and_unload(dequantize=True)`` for quantized bases;
+* disabling adapters unmerges merged ones first, in the named call, not later inside ``forward``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import torch
+from peft.tuners.fourierft import FourierFTModel as PeftFourierFTModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from torch import nn
+
+from .layer import Conv2d, Embedding, FourierFTLayer, Linear, n_frequency_of
+from .mixed import adapter_names_hooks, expand_names
+from .quantized import merged_float_linear, quantization_kind
+
+
+def _conv1d_class() -> type[nn.Module] | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return None
+    return Conv1D
+
+
+def layer_class_for(base: nn.Module) -> tuple[type[FourierFTLayer], bool]:
+    """The FourierFT layer class for a base layer, and whether its weight is stored ``(in, out)``."""
+    conv1d = _conv1d_class()
+    if conv1d is not None and isinstance(base, conv1d):
+        return Linear, True
+    if isinstance(base, nn.Linear) or (quantization_kind(base) is not None and hasattr(base, "in_features")):
+        return Linear, False
+    if isinstance(base, nn.Conv2d):
+        return Conv2d, False
+    if isinstance(base, nn.Embedding):
+        return Embedding, False
+    raise TypeError(
+        f"Target module {base} is not supported. FourierFT adapts torch.nn.Linear, transformers' Conv1D, "
+        "torch.nn.Conv2d and torch.nn.Embedding (and bitsandbytes/torchao quantized linear layers)")
+
+
+class FourierFTModel(PeftFourierFTModel):
+    """PEFT's FourierFT tuner building fourierft's layers. See :class:`peft.tuners.fourierft.FourierFTModel`."""
+
+    tuner_layer_cls = FourierFTLayer
+
+    def _create_and_replace(self, fourierft_config, adapter_name, target, target_name, parent, current_key,
+                            **optional_kwargs) -> None:
+        if current_key is None:
+            raise ValueError("Current Key shouldn't be `None`")
+        if isinstance(target, FourierFTLayer):
+            n = n_frequency_of(fourierft_config, current_key, target.get_base_layer(), type(target))
+            target.update_layer(adapter_name, n, config=fourierft_config)
+            return
+        new_module = self._create_new_module(fourierft_config, adapter_name, target, current_key=current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until it is made active
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(fourierft_config, adapter_name, target, **kwargs) -> FourierFTLayer:
+        """A new FourierFT layer around ``target`` (the caller's config is never changed)."""
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        layer_cls, fan_in_fan_out = layer_class_for(base)
+        if layer_cls is Linear and fourierft_config.fan_in_fan_out != fan_in_fan_out:
+            warnings.warn(f"fan_in_fan_out is set to {fourierft_config.fan_in_fan_out} but the target module is "
+                          f"`{type(base).__name__}`: using fan_in_fan_out={fan_in_fan_out} for it.")
+        n = n_frequency_of(fourierft_config, kwargs.get("current_key", ""), base, layer_cls)
+        extra = {"fan_in_fan_out": fan_in_fan_out} if layer_cls is Linear else {}
+        return layer_cls(target, adapter_name, fourierft_config, n, **extra)
+
+    # --- fourierft's additions ------------------------------------------------------------------------------------
+    def fourierft_layers(self) -> list[tuple[str, FourierFTLayer]]:
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, FourierFTLayer)]
+
+    def set_compute_path(self, path: str) -> None:
+        """Force how adapted linear layers compute ``x @ dW.T`` (one of ``fourierft.kernels.PATHS``)."""
+        from .kernels import PATHS
+
+        if path not in PATHS:
+            raise ValueError(f"unknown compute path {path!r}; choose one of {list(PATHS)}")
+        for _, layer in self.fourierft_layers():
+            layer.set_compute_path(path)
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        """A new adapter with ``dW = sum_i weights[i] dW_i`` on every layer: see :mod:`fourierft.compose`."""
+        from .compose import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        modules = [m for m in self.model.modules() if isinstance(m, (FourierFTLayer, AuxiliaryTrainingWrapper))]
+        known = {name for m in modules if isinstance(m, FourierFTLayer) for name in m.fourierft_spectrum}
+        known |= set(self.peft_config)
+        beams = kwargs.get("num_beams")
+        if isinstance(beams, int) and beams > 1 and not isinstance(adapter_names, str):
+            # PEFT's modules_to_save wrapper needs one name per (expanded) row; our layers expand by themselves
+            adapter_names = expand_names(list(adapter_names), len(adapter_names) * beams)
+        with adapter_names_hooks(self.model, adapter_names, known, modules):
+            yield
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        if not enabled:
+            merged = [layer for _, layer in self.fourierft_layers() if layer.merged]
+            if merged:
+                warnings.warn("Unmerging the merged adapters to disable them.")
+                for layer in merged:
+                    layer.unmerge()
+        super()._enable_adapter_layers(enabled)
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None, dequantize: bool = False) -> nn.Module:
+        """PEFT's ``merge_and_unload``; with ``dequantize=True`` quantized adapted layers become float ``nn.Linear``
+        layers holding ``dequantize(W) + dW`` (unadapted layers stay quantized)."""
+        if dequantize:
+            self._dequantize_merge(adapter_names, safe_merge)
+        return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def _dequantize_merge(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
+        plans = []
+        for key, layer in self.fourierft_layers():
+            base = layer.get_base_layer()
+            if quantization_kind(base) is None:
+                continue
+            names = [n for n in (adapter_names or layer.active_adapters) if n in layer.fourierft_spectrum]
+            delta = sum((layer.get_delta_weight(n) for n in names), torch.zeros(()))
+            linear = merged_float_linear(base, delta)
+            if safe_merge and not torch.isfinite(linear.weight).all():
+                raise ValueError(f"NaNs detected in the merged weights of {key!r}: the adapter seems to be broken")
+            plans.append((key, linear))
+        for key, linear in plans:  # every layer built before the model changes
+            parent_name, _, child = key.rpartition(".")
+            setattr(self.model.get_submodule(parent_name) if parent_name else self.model, child, linear)
