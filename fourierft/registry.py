@@ -22,6 +22,7 @@ from peft.utils import PeftType
 
 from .config import FourierFTConfig
 from .sampling import STORED_PEFT_TYPE
+from .transaction import restoring
 from .tuner import FourierFTModel
 
 _lock = threading.Lock()
@@ -64,7 +65,8 @@ def get_peft_model(model, peft_config: peft.FourierFTConfig, adapter_name: str =
         raise TypeError(f"fourierft.get_peft_model takes a FourierFTConfig, got {type(peft_config).__name__}; "
                         "for other methods call peft.get_peft_model")
     register()
-    return peft.get_peft_model(model, copy.deepcopy(peft_config), adapter_name=adapter_name, **kwargs)
+    with restoring(model):  # a failure leaves the caller's model unwrapped, its requires_grad flags unchanged
+        return peft.get_peft_model(model, copy.deepcopy(peft_config), adapter_name=adapter_name, **kwargs)
 
 
 class _PeftModelType(type):
@@ -90,5 +92,6 @@ class PeftModel(peft.PeftModel, metaclass=_PeftModelType):
                         config=None, **kwargs):
         """PEFT's ``PeftModel.from_pretrained`` (same arguments) with fourierft registered."""
         register()
-        return peft.PeftModel.from_pretrained(model, model_id, adapter_name=adapter_name, is_trainable=is_trainable,
-                                              config=config, **kwargs)
+        with restoring(model):  # e.g. weights for another base: the caller's model stays unwrapped and unfrozen
+            return peft.PeftModel.from_pretrained(model, model_id, adapter_name=adapter_name,
+                                                  is_trainable=is_trainable, config=config, **kwargs)

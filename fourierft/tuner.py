@@ -7,7 +7,8 @@ A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`
 * mixed-adapter batches (``adapter_names=``, :mod:`fourierft.mixed`);
 * :meth:`set_compute_path`, :meth:`add_weighted_adapter` (:mod:`fourierft.compose`),
   ``merge_and_unload(dequantize=True)`` for quantized bases;
-* disabling adapters unmerges merged ones first, in the named call, not later inside ``forward``.
+* disabling adapters unmerges merged ones first, in the named call, not later inside ``forward``;
+* injecting an adapter is a transaction (:mod:`fourierft.transaction`): if it fails, the model is as it was.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from .layer import Conv2d, Embedding, FourierFTLayer, Linear, n_frequency_of
 from .mixed import adapter_names_hooks, expand_names
 from .quantized import merged_float_linear, quantization_kind
+from .transaction import restoring
 
 
 def _conv1d_class() -> type[nn.Module] | None:
@@ -50,10 +52,24 @@ def layer_class_for(base: nn.Module) -> tuple[type[FourierFTLayer], bool]:
         "torch.nn.Conv2d and torch.nn.Embedding (and bitsandbytes/torchao quantized linear layers)")
 
 
+def check_adapter_name(name: object) -> None:
+    """An adapter name must be a non-empty string without ``.`` (it becomes a key of parameter dicts)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"adapter name must be a non-empty string without '.', got {name!r}")
+
+
 class FourierFTModel(PeftFourierFTModel):
     """PEFT's FourierFT tuner building fourierft's layers. See :class:`peft.tuners.fourierft.FourierFTModel`."""
 
     tuner_layer_cls = FourierFTLayer
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
+                       low_cpu_mem_usage: bool = False, state_dict=None) -> None:
+        """PEFT's ``inject_adapter``, all or nothing: on any error no layer is wrapped or changed."""
+        check_adapter_name(adapter_name)
+        with restoring(self, model):
+            super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                                   low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     def _create_and_replace(self, fourierft_config, adapter_name, target, target_name, parent, current_key,
                             **optional_kwargs) -> None:
