@@ -28,15 +28,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from ..spectral import delta_weight
 from ._cache import cache_sizes, clear_caches, invalidate
-from .dispatch import Choice, choose_path, clear_path_choices, path_choices, resolve_path, tune_path
-from .factored import factored_linear
-from .gemm import delta_weight_cached, gemm_linear
-from .lowrank import lowrank_linear
+from .dispatch import Choice, choose_path, clear_path_choices, cuda_timer, path_choices, resolve_path, tune
+from .gemm import delta_weight_cached
 from .mixed import spectral_linear_mixed
+from .paths import FUSED as _FUSED
+from .paths import IMPLS as _IMPLS
 
 Path = Literal["auto", "dense", "gemm", "lowrank", "factored"]
 PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "factored")
@@ -53,19 +51,10 @@ __all__ = [
     "invalidate",
     "path_choices",
     "spectral_linear",
+    "cuda_timer",
     "spectral_linear_mixed",
-    "tune_path",
+    "tune",
 ]
-
-
-def _dense(x, spectrum, rows, cols, out_features, in_features, scaling):
-    dw = delta_weight(spectrum, rows, cols, out_features, in_features, scaling)
-    return F.linear(x.to(dw.dtype), dw).to(x.dtype)
-
-
-_IMPLS = {"dense": _dense, "gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear}
-# paths that can add the frozen layer's output inside their last GEMM
-_FUSED = {"gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear}
 
 
 def spectral_linear(
@@ -104,27 +93,10 @@ def spectral_linear(
     return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
 
 
-def _timed_call(path, x, spectrum, rows, cols, out_features, in_features, scaling, training):
-    """One call of ``path`` on detached copies of the inputs (forward, plus backward when training): for tuning."""
-    xs = x.detach().clone().requires_grad_(training)
-    cs = spectrum.detach().clone().requires_grad_(training)
-    g = torch.randn(*x.shape[:-1], out_features, device=x.device, dtype=x.dtype) if training else None
-
-    def call():
-        with torch.set_grad_enabled(training):
-            y = _IMPLS[path](xs, cs, rows, cols, out_features, in_features, scaling)
-            if g is not None:
-                y.backward(g)
-
-    return call
-
-
 def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base):
     if path == "auto":
         training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
-        args = (x, spectrum, rows, cols, out_features, in_features, scaling, training)
-        path = resolve_path(x, out_features, in_features, spectrum.shape[0], training,
-                            lambda p: _timed_call(p, *args))
+        path = resolve_path(x, spectrum, rows, cols, out_features, in_features, scaling, training)
     if base is not None and path in _FUSED and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]:
         return _FUSED[path](x, spectrum, rows, cols, out_features, in_features, scaling, base=base)
     y = _IMPLS[path](x, spectrum, rows, cols, out_features, in_features, scaling)

@@ -3,7 +3,7 @@
 The choice is made per key ``(device, out_features, in_features, n, dtype, training)``:
 
 * on a CUDA device, at the key's first eager use, each candidate path is timed a few times on the call's own
-  inputs (synchronised) and the fastest is kept (:func:`tune_path`); a card other than the one the flop model was
+  inputs (synchronised) and the fastest is kept (:func:`tune`); a card other than the one the flop model was
   fitted on gets its own answer;
 * on the CPU (and wherever nothing was measured, including under ``torch.compile``) the flop model of
   :func:`choose_path` decides.
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .factored import split_cost
+from .paths import IMPLS
 
 logger = logging.getLogger("fourierft")
 
@@ -116,8 +117,8 @@ def _record(key: tuple, choice: Choice) -> str:
     return choice.path
 
 
-def cuda_timer(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` synchronised calls, after one warm-up call."""
+def cuda_timer(path: str, fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall seconds of ``fn()`` (one call of ``path``) over ``repeats`` synchronised calls, after a warm-up."""
     fn()
     times = []
     for _ in range(repeats):
@@ -129,23 +130,54 @@ def cuda_timer(fn: Callable[[], object], repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def tune_path(
-    run: Callable[[str], Callable[[], object]],
-    key: tuple,
+def _timed_call(path, x, spectrum, rows, cols, out_features, in_features, scaling, training):
+    """One call of ``path`` on detached copies of the inputs (forward, plus backward when training)."""
+    xs = x.detach().clone().requires_grad_(training)
+    cs = spectrum.detach().clone().requires_grad_(training)
+    g = torch.randn(*x.shape[:-1], out_features, device=x.device, dtype=x.dtype) if training else None
+
+    def call():
+        # identity saved-tensor hooks on top of the stack: an enclosing activation checkpoint's hooks must not see
+        # (and recompute for) the timing calls
+        with torch.set_grad_enabled(training), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            y = IMPLS[path](xs, cs, rows, cols, out_features, in_features, scaling)
+            if g is not None:
+                y.backward(g)
+
+    return call
+
+
+def tune(
+    x: torch.Tensor,
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
     *,
-    timer: Callable[[Callable[[], object]], float] = cuda_timer,
+    training: bool,
+    timer: Callable[[str, Callable[[], object]], float] = cuda_timer,
     candidates: tuple[str, ...] = CANDIDATES,
 ) -> str:
-    """Time ``run(path)`` (a no-argument callable doing one call of that path) with ``timer`` for each candidate,
-    record the fastest under ``key`` and return it. A candidate that raises (e.g. out of memory) is skipped."""
+    """Measure each candidate path on these inputs, record the fastest for their key and return it.
+
+    ``timer(path, fn)`` returns the seconds one call ``fn()`` of ``path`` takes (default :func:`cuda_timer`); each
+    ``fn`` runs the path on detached copies of ``x`` and ``spectrum`` (forward and, when ``training``, backward
+    with a random upstream gradient), so the caller's tensors and graph are untouched. A candidate that fails
+    (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``; the key is
+    ``(device, out_features, in_features, n, x.dtype, training)``.
+    """
+    key = path_key(x, out_features, in_features, spectrum.shape[0], training)
     seconds: dict[str, float] = {}
     for path in candidates:
         try:
-            seconds[path] = float(timer(run(path)))
-        except (RuntimeError, torch.cuda.OutOfMemoryError):
-            continue
+            fn = _timed_call(path, x, spectrum, rows, cols, out_features, in_features, scaling, training)
+            seconds[path] = float(timer(path, fn))
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+            logger.debug("fourierft: %s skipped while tuning %s: %s", path, key, err)
     if not seconds:
-        raise RuntimeError(f"fourierft: no candidate path ran for {key}")
+        raise RuntimeError(f"fourierft: no candidate path ran for {key}; force one with path=...")
     return _record(key, Choice(_fastest(seconds, candidates), "measured", seconds))
 
 
@@ -167,13 +199,16 @@ def static_path(out_features: int, in_features: int, n: int, device: str, dtype:
 
 def resolve_path(
     x: torch.Tensor,
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
     out_features: int,
     in_features: int,
-    n: int,
+    scaling: float,
     training: bool,
-    run: Callable[[str], Callable[[], object]],
 ) -> str:
-    """The path ``auto`` runs for this call (see the module docstring); ``run`` builds a timed call for tuning."""
+    """The path ``auto`` runs for this call (see the module docstring)."""
+    n = spectrum.shape[0]
     if torch.compiler.is_compiling():
         return static_path(out_features, in_features, n, str(x.device), x.dtype, training)
     key = path_key(x, out_features, in_features, n, training)
@@ -181,6 +216,6 @@ def resolve_path(
     if hit is not None:
         return hit.path
     if x.device.type == "cuda" and x.numel() > 0 and not torch.cuda.is_current_stream_capturing():
-        return tune_path(run, key)
+        return tune(x, spectrum, rows, cols, out_features, in_features, scaling, training=training)
     path = choose_path(out_features, in_features, n, device_type=x.device.type, training=training)
     return _record(key, Choice(path, "flop model"))

@@ -1,0 +1,147 @@
+"""``auto`` by measurement: a fake timer (injected through ``tune``'s ``timer`` parameter) decides on the CPU."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from kernel_ref import make_entries, reference, rel
+
+import fourierft.kernels as K
+from fourierft.kernels import clear_path_choices, path_choices, spectral_linear, tune
+from fourierft.kernels import dispatch
+
+D1, D2, N = 24, 20, 30
+
+
+@pytest.fixture(autouse=True)
+def fresh_table():
+    clear_path_choices()
+    yield
+    clear_path_choices()
+
+
+def inputs(grad=True):
+    rows, cols = make_entries(D1, D2, N)
+    return torch.randn(6, D2, requires_grad=grad), torch.randn(N, requires_grad=grad), rows, cols
+
+
+class FakeTimer:
+    """Runs each candidate once (so a broken path would show) and reports the seconds given for it."""
+
+    def __init__(self, seconds):
+        self.seconds, self.ran = seconds, []
+
+    def __call__(self, path, fn):
+        fn()
+        self.ran.append(path)
+        value = self.seconds[path]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def test_measured_choice_is_recorded_logged_and_used(monkeypatch, caplog):
+    x, c, rows, cols = inputs()
+    timer = FakeTimer({"lowrank": 3e-3, "gemm": 2e-3, "factored": 1e-3})
+    with caplog.at_level(logging.INFO, logger="fourierft"):
+        assert tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer) == "factored"
+    assert timer.ran == ["lowrank", "gemm", "factored"]
+    assert x.grad is None and c.grad is None  # the timing calls ran on copies
+    key = ("cpu", D1, D2, N, torch.float32, True)
+    choice = path_choices()[key]
+    assert choice.path == "factored" and choice.how == "measured"
+    assert choice.seconds == {"lowrank": 3e-3, "gemm": 2e-3, "factored": 1e-3}
+    assert any("factored" in r.getMessage() and "measured" in r.getMessage() for r in caplog.records)
+
+    # spectral_linear(auto) now runs the measured path for this key (training), and still computes x @ dW.T
+    used = []
+    for name, impl in list(K._IMPLS.items()):
+        monkeypatch.setitem(K._IMPLS, name, lambda *a, _n=name, _f=impl, **kw: used.append(_n) or _f(*a, **kw))
+    y = spectral_linear(x, c, rows, cols, D1, D2, 2.0)
+    assert used == ["factored"]
+    ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
+    assert rel(y, ry) < 1e-5
+    # another key (inference) is not affected: the CPU's flop model decides, recorded as such
+    with torch.no_grad():
+        spectral_linear(x, c, rows, cols, D1, D2, 2.0)
+    infer = path_choices()[("cpu", D1, D2, N, torch.float32, False)]
+    assert infer.how == "flop model" and infer.path == K.choose_path(D1, D2, N, device_type="cpu", training=False)
+
+
+def test_failing_candidate_is_skipped():
+    x, c, rows, cols = inputs()
+    timer = FakeTimer({"lowrank": 3e-3, "gemm": RuntimeError("CUDA out of memory"), "factored": 5e-3})
+    assert tune(x, c, rows, cols, D1, D2, 2.0, training=False, timer=timer) == "lowrank"
+    assert set(path_choices()[("cpu", D1, D2, N, torch.float32, False)].seconds) == {"lowrank", "factored"}
+
+
+def test_every_candidate_failing_is_an_error_naming_the_way_out():
+    x, c, rows, cols = inputs()
+    timer = FakeTimer(dict.fromkeys(dispatch.CANDIDATES, RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="force one with path="):
+        tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer)
+    assert not path_choices()
+
+
+def test_flop_model_choice_logged_once(caplog):
+    x, c, rows, cols = inputs()
+    with caplog.at_level(logging.INFO, logger="fourierft"):
+        for _ in range(3):
+            spectral_linear(x, c, rows, cols, D1, D2, 2.0)
+    lines = [r for r in caplog.records if r.name == "fourierft"]
+    assert len(lines) == 1 and "flop model" in lines[0].getMessage()
+    assert path_choices()[("cpu", D1, D2, N, torch.float32, True)].how == "flop model"
+
+
+def test_compiled_auto_uses_the_measured_choice_among_traceable_paths():
+    """Under torch.compile the table is read (never written): a measured factored (its plan is built outside
+    graphs) gives way to the fastest measured traceable path."""
+    x, c, rows, cols = inputs()
+    tune(x, c, rows, cols, D1, D2, 2.0, training=True,
+         timer=FakeTimer({"lowrank": 2e-3, "gemm": 3e-3, "factored": 1e-3}))
+    assert dispatch.static_path(D1, D2, N, "cpu", torch.float32, True) == "lowrank"
+    tune(x, c, rows, cols, D1, D2, 2.0, training=True,
+         timer=FakeTimer({"lowrank": 2e-3, "gemm": 1e-3, "factored": 3e-3}))
+    assert dispatch.static_path(D1, D2, N, "cpu", torch.float32, True) == "gemm"
+    # nothing measured for this key: the flop model, among traceable paths
+    assert dispatch.static_path(4096, 4096, 10000, "cuda:0", torch.bfloat16, True) in ("lowrank", "gemm")
+    before = path_choices()
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, c: spectral_linear(x, c, rows, cols, D1, D2, 2.0), backend="eager", fullgraph=True)
+    y = fn(x, c)
+    ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
+    assert rel(y, ry) < 1e-5 and path_choices() == before
+
+
+def test_timing_calls_do_not_trigger_an_enclosing_checkpoint():
+    """Tuning inside a non-reentrant activation checkpoint: its hooks must not capture the timing calls."""
+    from torch.utils.checkpoint import checkpoint
+
+    x, c, rows, cols = inputs()
+
+    def fn(x):
+        tune(x, c, rows, cols, D1, D2, 2.0, training=True,
+             timer=FakeTimer({"lowrank": 1e-3, "gemm": 2e-3, "factored": 3e-3}))
+        return spectral_linear(x, c, rows, cols, D1, D2, 2.0).tanh()
+
+    checkpoint(fn, x, use_reentrant=False).sum().backward()
+    x2, c2 = x.detach().clone().requires_grad_(), c.detach().clone().requires_grad_()
+    spectral_linear(x2, c2, rows, cols, D1, D2, 2.0).tanh().sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-6) and torch.allclose(c.grad, c2.grad, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("grad", [True, False])
+def test_cuda_auto_measures_once(grad):
+    x, c, rows, cols = inputs(grad)
+    xc, cc = x.detach().cuda().requires_grad_(grad), c.detach().cuda().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y = spectral_linear(xc, cc, rows.cuda(), cols.cuda(), D1, D2, 2.0)
+        choice = path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad)]
+        assert choice.how == "measured" and set(choice.seconds) == set(dispatch.CANDIDATES)
+        spectral_linear(xc, cc, rows.cuda(), cols.cuda(), D1, D2, 2.0)
+    assert path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad)] is choice
+    ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
+    assert rel(y, ry) < 1e-4
