@@ -91,7 +91,7 @@ def write_results(benchmark: str, rows: list[dict], *, command: str | None = Non
         "date": date or now.isoformat().replace("+00:00", "Z"),
         "machine": machine_name or machine(),
         "versions": versions_used if versions_used is not None else versions(),
-        "command": command or shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": command or shlex.join(["python", _script(sys.argv[0]), *sys.argv[1:]]),
     }
     if note:
         record["note"] = note
@@ -111,6 +111,15 @@ def write_results(benchmark: str, rows: list[dict], *, command: str | None = Non
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _script(argv0: str) -> str:
+    """The script as a path from the repo root when it lies inside it (``bench/x.py``), else as given."""
+    path = Path(argv0).resolve()
+    try:
+        return path.relative_to(RESULTS_DIR.parent.parent).as_posix()
+    except ValueError:
+        return Path(argv0).as_posix()
 
 
 def load_results(path: str | os.PathLike) -> dict:
