@@ -57,9 +57,11 @@ def main() -> None:
     # PEFT first: building ours registers fourierft's layers for PEFT's FourierFT type process-wide
     peft, peft_n = time_build("peft", a.peft_layers, a.n)
     ours, ours_n = time_build("ours", a.layers, a.n)
-    scaled = peft * a.layers / a.peft_layers
-    note = "" if a.peft_layers == a.layers else f" (timed on {a.peft_layers} layers, scaled x{a.layers / a.peft_layers:g})"
-    print(f"cpu: {platform.processor() or platform.machine()}; threads {torch.get_num_threads()}; torch {torch.__version__}")
+    scale = a.layers / a.peft_layers
+    scaled = peft * scale
+    note = "" if a.peft_layers == a.layers else f" (timed on {a.peft_layers} layers, scaled x{scale:g})"
+    cpu = platform.processor() or platform.machine()
+    print(f"cpu: {cpu}; threads {torch.get_num_threads()}; torch {torch.__version__}")
     print("| build (meta device, all-linear, n=%d, %d layers) | seconds | trainable |" % (a.n, a.layers))
     print("|---|---|---|")
     print(f"| fourierft | {ours:.3f} | {ours_n:,} |")
@@ -67,8 +69,8 @@ def main() -> None:
     print(f"| speed-up | {scaled / ours:.0f}x | |")
     rows = [{"variant": "fourierft", "layers": a.layers, "layers_timed": a.layers, "seconds": round(ours, 4),
              "trainable": ours_n},
-            {"variant": "PEFT FourierFT", "layers": a.layers, "layers_timed": a.peft_layers, "seconds": round(scaled, 2),
-             "trainable": peft_n * a.layers // a.peft_layers}]
+            {"variant": "PEFT FourierFT", "layers": a.layers, "layers_timed": a.peft_layers,
+             "seconds": round(scaled, 2), "trainable": peft_n * a.layers // a.peft_layers}]
     note = (f"get_peft_model on a {a.layers}-layer LLaMA (4096 / 11008) on the meta device, all-linear, n={a.n}; "
             f"seconds are for all layers, scaled from the layers timed; {torch.get_num_threads()} threads.")
     print(f"results: {write_results('build', rows, note=note)}")

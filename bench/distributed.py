@@ -128,9 +128,9 @@ def compare(paths: list[str], command: str | None) -> None:
               f"{r['peak_gib_per_gpu']:.2f} | {f'{diff:.2e}' if same else '-'} | {f'{ddiff:.2e}' if same else '-'} |")
     for row in rows:
         print(f"losses ({row['run']}, batch {row['global_batch']}):", row["loss_every_5th_step"])
-    note = (f"LLaMA-shaped bf16 (hidden 2048, intermediate 5504, 8 layers), all linear layers adapted, n=1000, scaling "
-            f"300, AdamW, {STEPS} steps of {SEQ}-token sequences, median step after {WARMUP}; loss and dW compared with "
-            "the first run when the global batch is the same.")
+    note = (f"LLaMA-shaped bf16 (hidden 2048, intermediate 5504, 8 layers), all linear layers adapted, n=1000, "
+            f"scaling 300, AdamW, {STEPS} steps of {SEQ}-token sequences, median step after {WARMUP}; loss and dW "
+            "compared with the first run when the global batch is the same.")
     print(f"results: {write_results('distributed', rows, command=command, note=note)}")
 
 

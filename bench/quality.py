@@ -220,7 +220,8 @@ def table(rows: list[dict]) -> str:
 ROUNDS = {
     "sweep": (SWEEP, "Configurations with >= 10x fewer adapter parameters than LoRA r=8, against LoRA given "
                      "FourierFT's head lr."),
-    "final": (FINAL, "The CLI's defaults: FourierFT and LoRA r=8 on three seeds, full fine-tuning and head only on one."),
+    "final": (FINAL, "The CLI's defaults: FourierFT and LoRA r=8 on three seeds, full fine-tuning and head only "
+                     "on one."),
     "tenx": (TENX, "10x fewer adapter parameters than LoRA r=8 (7,200 coefficients), LoRA in the same run."),
     "band": (BAND, "Frequency-biased entries at n=600 on q,v, LoRA in the same run."),
     "long": (LONG, "3 against 6 epochs at 10x fewer parameters, LoRA at both budgets in the same run."),
@@ -263,8 +264,9 @@ def main() -> int:
         todo, note = ROUNDS[chosen[0]]
     else:
         todo = jobs(seeds, epochs, not (args.no_extras or args.quick))
+        extras = "" if args.no_extras or args.quick else ", plus one-seed checks"
         note = (f"FourierFT, LoRA r=8, full fine-tuning and head only at {', '.join(epochs)} epochs, seeds "
-                f"{', '.join(map(str, seeds))}" + ("" if args.no_extras or args.quick else ", plus one-seed checks") + ".")
+                f"{', '.join(map(str, seeds))}{extras}.")
     t0 = time.time()
     run_all(todo, out, ["--no-plots", *common], args.parallel, args.deadline)
     rows = collect(out)

@@ -89,15 +89,15 @@ def main() -> None:
             torch.cuda.empty_cache()
         for name, (ms, peak, trainable) in results.items():
             rows.append({"targets": targets, "variant": name, "trainable": trainable, "step_ms": round(ms, 1),
-                         "x_floor": round(ms / results["floor"][0], 2), "x_lora": round(ms / results["peft-lora"][0], 2),
-                         "peak_gib": round(peak, 2)})
+                         "x_floor": round(ms / results["floor"][0], 2),
+                         "x_lora": round(ms / results["peft-lora"][0], 2), "peak_gib": round(peak, 2)})
     print("| targets | variant | trainable | step ms | x floor | x LoRA | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['targets']} | {r['variant']} | {r['trainable']:,} | {r['step_ms']:.1f} | {r['x_floor']:.2f} | "
               f"{r['x_lora']:.2f} | {r['peak_gib']:.2f} |")
-    note = (f"LLaMA-shaped (hidden 4096, intermediate 11008, 4 layers), every decoder linear layer bitsandbytes NF4 with "
-            f"double quantization and bf16 compute, step = forward + backward + AdamW, median of {args.steps}; "
+    note = (f"LLaMA-shaped (hidden 4096, intermediate 11008, 4 layers), every decoder linear layer bitsandbytes NF4 "
+            f"with double quantization and bf16 compute, step = forward + backward + AdamW, median of {args.steps}; "
             "fourierft n=1000, scaling 300; PEFT LoRA r=16.")
     print(f"results: {write_results('quantized', rows, command=args.command, note=note)}")
 

@@ -6,13 +6,15 @@
 The prose file holds an introduction and one section per benchmark, each opened by a line
 ``<!-- benchmark: NAME -->`` (NAME as in the results files). Every section gets its runs, newest first: a heading with
 date and machine, then the command, versions, the run's note and its rows as a table. Runs older than the newest of
-their benchmark are folded. A benchmark with results but no prose section is appended at the end under its name.
+their benchmark are folded under a line with date, machine and command. A benchmark with results but no prose
+section is appended at the end under its name.
 Nothing is compared across runs: the only derived numbers are the quality summary's means over the seeds of one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import statistics
 import sys
 from collections.abc import Callable
@@ -97,8 +99,9 @@ def render_run(name: str, record: dict, folded: bool) -> list[str]:
     if record.get("note"):
         body += [record["note"], ""]
     body += TABLES.get(record["benchmark"], rows_table)(record["rows"])
-    if folded:
-        return ["<details>", f"<summary>{title}</summary>", "", *body, "", "</details>", ""]
+    if folded:  # the command tells apart folded runs of one day and machine
+        summary = html.escape(f"{title} · {record['command']}", quote=False)
+        return ["<details>", f"<summary>{summary}</summary>", "", *body, "", "</details>", ""]
     return [f"### {title}", "", *body, ""]
 
 

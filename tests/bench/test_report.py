@@ -137,7 +137,7 @@ def test_hand_made_results_render_into_the_expected_page(tmp_path):
                        "peak": None},
                       {"variant": "c", "ms": 10.0, "ratio": 1e-07, "trainable": 0, "ok": False, "peak": 2.25}],
                      note="Two variants.")
-    older = _record("speed", "2025-12-31T00:00:00Z", "CPU", {}, "old", [{"variant": "a", "ms": 2.0}])
+    older = _record("speed", "2025-12-31T00:00:00Z", "CPU", {}, "old <x>", [{"variant": "a", "ms": 2.0}])
     other = _record("other", "2026-02-01T00:00:00Z", "M", {"python": "unknown"}, "x", [{"x": 1}])
     for name, record in {"speed-a.json": newest, "speed-b.json": older, "other-1.json": other}.items():
         (res / name).write_text(json.dumps(record))
@@ -166,9 +166,9 @@ def test_hand_made_results_render_into_the_expected_page(tmp_path):
         "| c | 10.0 | 1e-07 | 0 | no | 2.25 |",
         "",
         "<details>",
-        "<summary>2025-12-31 00:00:00 UTC · CPU</summary>",
+        "<summary>2025-12-31 00:00:00 UTC · CPU · old &lt;x&gt;</summary>",
         "",
-        "Command: `old`",
+        "Command: `old <x>`",
         "",
         "Versions: unknown. Data: [`bench/results/speed-b.json`](../bench/results/speed-b.json).",
         "",
