@@ -29,7 +29,7 @@ from .kernels import spectral_linear
 from .layers_extra import check_extra, conv2d_delta, embedding_delta, matrix_shape
 from .mixed import BASE, expand_names, row_groups
 from .quantized import quantization_kind
-from .sampling import sampler_for
+from .sampling import check_entries, sampler_for
 from .spectral import delta_weight
 
 
@@ -90,6 +90,17 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
         self.fourierft_spectrum[adapter_name] = nn.Parameter(spectrum, requires_grad=True)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Stored entries come from a checkpoint that could hold anything; repeated entries have no single dW (ifft2
+        # keeps one of them, the kernels' sums over entries count each). Checked before this layer copies anything.
+        for name in self.fourierft_rows:
+            rows = state_dict.get(f"{prefix}fourierft_rows.{name}")
+            cols = state_dict.get(f"{prefix}fourierft_cols.{name}")
+            if rows is not None and cols is not None:
+                check_entries(rows, cols, self.out_features, self.in_features,
+                              f"adapter {name!r} of layer {prefix.removesuffix('.')!r}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name in self.merged_adapters:

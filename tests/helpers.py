@@ -142,3 +142,34 @@ def set_active_peft(twin, names: list[str]) -> None:
     for module in twin.modules():
         if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
             module.set_adapter(names if len(names) > 1 else names[0])
+
+
+# --- PEFT's own FourierFT layers as the peer (fourierft.unregister()) ----------------------------------------------
+def peft_own_layers():
+    """A context in which PEFT builds its *own* FourierFT layers (``fourierft.unregister()``); the registration
+    state from before is restored on exit. Models built inside keep PEFT's layers."""
+    from contextlib import contextmanager
+
+    import fourierft
+
+    @contextmanager
+    def _ctx():
+        was = fourierft.is_registered()
+        fourierft.unregister()
+        try:
+            yield
+        finally:
+            if was:
+                fourierft.register()
+
+    return _ctx()
+
+
+def fourierft_layers_of(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """``(ours, peft's)``: the FourierFT layers of a model built by fourierft and by PEFT itself."""
+    import fourierft
+    from peft.tuners.fourierft import FourierFTLayer as PeftLayer
+
+    mods = list(model.modules())
+    return ([m for m in mods if isinstance(m, fourierft.FourierFTLayer)],
+            [m for m in mods if isinstance(m, PeftLayer)])

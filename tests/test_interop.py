@@ -1,139 +1,169 @@
-"""Checkpoints move both ways between fourierft and the real PEFT package, with the same logits."""
+"""Checkpoints move both ways between fourierft and the real PEFT package (its own FourierFT layers, reached with
+``fourierft.unregister()``), with the same logits; adapters written by the previous release (0.1, whose code is
+commit 9fa0b6d) load in this one, checked against ``fourierft.spectral.delta_weight`` computed by hand."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
-import warnings
 
 import peft
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+from safetensors.torch import load_file, save_file
 
 import fourierft
-from fourierft import checkpoint
+from fourierft.spectral import delta_weight
+from helpers import build, fourierft_layers_of, output, peft_own_layers
 
-
-def llama(hidden=32):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=hidden, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=64)).eval()
-
-
-def gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32)).eval()
-
-
-def bert():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                                    num_attention_heads=4, vocab_size=64, num_labels=3)).eval()
-
+pytestmark = pytest.mark.filterwarnings("ignore:.*fan_in_fan_out.*:UserWarning")
 
 CASES = {
-    "llama-qv": (llama, dict(n_frequency=40, target_modules=["q_proj", "v_proj"])),
-    "llama-all-linear-pattern": (llama, dict(n_frequency=30, target_modules="all-linear", scaling=300.0,
-                                             n_frequency_pattern={"down_proj": 11}, random_loc_seed=5)),
-    "gpt2-conv1d": (gpt2, dict(n_frequency=25, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)),
-    "bert-seqcls-fourier-bias": (bert, dict(n_frequency=20, target_modules=["query", "value"], task_type="SEQ_CLS",
-                                            bias="fourier_only")),
-    "bert-seqcls-all-bias": (bert, dict(n_frequency=20, target_modules=["query"], task_type="SEQ_CLS", bias="all")),
-    "llama-layers": (llama, dict(n_frequency=16, target_modules=["q_proj"], layers_to_transform=[1])),
+    "llama-qv": ("llama", dict(n_frequency=40, target_modules=["q_proj", "v_proj"])),
+    "llama-all-linear-pattern": ("llama", dict(n_frequency=30, target_modules="all-linear", scaling=300.0,
+                                               n_frequency_pattern={"down_proj": 11}, random_loc_seed=5)),
+    "gpt2-conv1d": ("gpt2", dict(n_frequency=25, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)),
+    "bert-seqcls-fourier-bias": ("bert", dict(n_frequency=20, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                              bias="fourier_only")),
+    "bert-seqcls-all-bias": ("bert", dict(n_frequency=20, target_modules=["query"], task_type="SEQ_CLS", bias="all")),
+    "llama-layers": ("llama", dict(n_frequency=16, target_modules=["q_proj"], layers_to_transform=[1])),
 }
-TOKENS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(3))
 
 
-def logits(model) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=TOKENS).logits
+@pytest.fixture(autouse=True)
+def _registration_restored():
+    was = fourierft.is_registered()
+    yield
+    (fourierft.register if was else fourierft.unregister)()
 
 
-def perturb(model) -> None:
-    """Make every trainable tensor non-default so a missed tensor shows in the logits."""
-    g = torch.Generator().manual_seed(11)
+def perturb(model, seed: int = 11) -> None:
+    """Make every trainable tensor non-default so a tensor that failed to travel shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+def peft_model(name: str, kwargs: dict, **kw):
+    """The model wrapped by PEFT with PEFT's own FourierFT layers."""
+    with peft_own_layers():
+        model = peft.get_peft_model(build(name), peft.FourierFTConfig(**kwargs), **kw)
+    ours, theirs = fourierft_layers_of(model)
+    assert theirs and not ours
+    return model
+
+
+def peft_load(name: str, path, **kw):
+    with peft_own_layers():
+        model = peft.PeftModel.from_pretrained(build(name), path, **kw)
+    ours, theirs = fourierft_layers_of(model)
+    assert theirs and not ours
+    return model
+
+
+def trainable(model) -> list[str]:
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def assert_ours(model) -> None:
+    ours, theirs = fourierft_layers_of(model)
+    assert ours and not theirs
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_fourierft_checkpoint_loads_in_peft(case, tmp_path):
-    make, kwargs = CASES[case]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = fourierft.get_peft_model(make(), fourierft.FourierFTConfig(**kwargs))
-        perturb(ours)
-        ours.save_pretrained(tmp_path)
-        theirs = peft.PeftModel.from_pretrained(make(), tmp_path)
-    torch.testing.assert_close(logits(theirs), logits(ours), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(logits(ours), logits(make()), atol=1e-3)
+    name, kwargs = CASES[case]
+    ours = fourierft.get_peft_model(build(name), fourierft.FourierFTConfig(**kwargs))
+    assert_ours(ours)
+    perturb(ours)
+    ours.save_pretrained(tmp_path)
+    theirs = peft_load(name, tmp_path)
+    torch.testing.assert_close(output(theirs, name), output(ours.eval(), name), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(output(ours, name), output(build(name), name), atol=1e-3)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_peft_checkpoint_loads_in_fourierft(case, tmp_path):
-    make, kwargs = CASES[case]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.get_peft_model(make(), peft.FourierFTConfig(**kwargs))
-        perturb(theirs)
-        theirs.save_pretrained(tmp_path)
-        ours = fourierft.PeftModel.from_pretrained(make(), tmp_path)
-    torch.testing.assert_close(logits(ours), logits(theirs), rtol=1e-5, atol=1e-5)
-    assert not any(p.requires_grad for p in ours.parameters())  # is_trainable=False
+    name, kwargs = CASES[case]
+    theirs = peft_model(name, kwargs)
+    perturb(theirs)
+    theirs.save_pretrained(tmp_path)
+    ours = fourierft.PeftModel.from_pretrained(build(name), tmp_path)
+    assert_ours(ours)
+    torch.testing.assert_close(output(ours, name), output(theirs.eval(), name), rtol=1e-5, atol=1e-5)
+    # is_trainable=False: eval mode, adapters frozen; PEFT 0.21 leaves the trained biases of bias="fourier_only"/"all"
+    # trainable after such a load, and so do we (the same names as PEFT's own load)
+    assert not ours.training and not any(p.requires_grad for n, p in ours.named_parameters() if "fourierft_" in n)
+    assert trainable(ours) == trainable(peft_load(name, tmp_path))
 
 
-@pytest.mark.parametrize("case", ["llama-qv", "bert-seqcls-fourier-bias"])
-def test_state_dict_keys_equal_peft(case, tmp_path):
-    make, kwargs = CASES[case]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fourierft.get_peft_model(make(), fourierft.FourierFTConfig(**kwargs)).save_pretrained(tmp_path / "a")
-        peft.get_peft_model(make(), peft.FourierFTConfig(**kwargs)).save_pretrained(tmp_path / "b")
+@pytest.mark.parametrize("case", ["llama-qv", "bert-seqcls-fourier-bias", "gpt2-conv1d"])
+def test_files_equal_peft(case, tmp_path):
+    """Same keys, shapes and dtypes in adapter_model.safetensors; the same adapter_config.json."""
+    name, kwargs = CASES[case]
+    fourierft.get_peft_model(build(name), fourierft.FourierFTConfig(**kwargs)).save_pretrained(tmp_path / "a")
+    peft_model(name, kwargs).save_pretrained(tmp_path / "b")
     ours = load_file(tmp_path / "a" / "adapter_model.safetensors")
     theirs = load_file(tmp_path / "b" / "adapter_model.safetensors")
-    assert ours.keys() == theirs.keys()
-    assert "base_model.model.model.layers.0.self_attn.q_proj.fourierft_spectrum" in ours or case.startswith("bert")
+    assert {k: (v.shape, v.dtype) for k, v in ours.items()} == {k: (v.shape, v.dtype) for k, v in theirs.items()}
+    config = [json.loads((tmp_path / d / "adapter_config.json").read_text()) for d in ("a", "b")]
+    assert config[0] == config[1]
 
 
-def test_same_seed_same_initial_coefficients_as_peft():
+def test_same_seed_same_entries_and_initial_coefficients_as_peft():
+    kwargs = dict(n_frequency=40, target_modules=["q_proj", "v_proj"])
     torch.manual_seed(123)
-    ours = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=40, target_modules=["q_proj", "v_proj"]))
+    ours = fourierft.get_peft_model(build("llama"), fourierft.FourierFTConfig(**kwargs))
     torch.manual_seed(123)
-    theirs = peft.get_peft_model(llama(), peft.FourierFTConfig(n_frequency=40, target_modules=["q_proj", "v_proj"]))
-    torch.testing.assert_close(logits(ours), logits(theirs), rtol=0, atol=0)
+    theirs = peft_model("llama", kwargs)
+    theirs_params = dict(theirs.named_parameters())
+    spectra = [(n, p) for n, p in ours.named_parameters() if "fourierft_spectrum" in n]
+    assert len(spectra) == 4
+    for n, p in spectra:
+        assert torch.equal(p, theirs_params[n]), n
+    for n, layer in ours.named_modules():
+        if isinstance(layer, fourierft.FourierFTLayer):
+            rows, cols = layer.entries("default")
+            assert torch.equal(torch.stack([rows, cols]), theirs.get_submodule(n).indices["default"]), n
+    torch.testing.assert_close(output(ours.eval(), "llama"), output(theirs.eval(), "llama"), rtol=1e-5, atol=1e-5)
 
 
 def test_named_adapters_in_subfolders_both_ways(tmp_path):
-    cfg = dict(n_frequency=12, target_modules=["q_proj"])
-    theirs = peft.get_peft_model(llama(), peft.FourierFTConfig(**cfg))
-    theirs.add_adapter("other", peft.FourierFTConfig(n_frequency=9, target_modules=["v_proj"], scaling=10.0))
+    theirs = peft_model("llama", dict(n_frequency=12, target_modules=["q_proj"]))
+    with peft_own_layers():
+        theirs.add_adapter("other", peft.FourierFTConfig(n_frequency=9, target_modules=["v_proj"], scaling=10.0))
     perturb(theirs)
     theirs.set_adapter("other")
-    perturb(theirs)
+    perturb(theirs, seed=12)
     theirs.save_pretrained(tmp_path / "peft")
     assert (tmp_path / "peft" / "other" / "adapter_config.json").exists()
-    ours = fourierft.PeftModel.from_pretrained(llama(), tmp_path / "peft")
+    ours = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path / "peft")
     ours.load_adapter(tmp_path / "peft" / "other", "other")
-    for name in ("default", "other"):
-        theirs.set_adapter(name)
-        ours.set_adapter(name)
-        torch.testing.assert_close(logits(ours), logits(theirs), rtol=1e-5, atol=1e-5)
+    assert_ours(ours)
+    theirs.eval()
+    outs = {}
+    for adapter in ("default", "other"):
+        theirs.set_adapter(adapter)
+        ours.set_adapter(adapter)
+        outs[adapter] = output(ours, "llama")
+        torch.testing.assert_close(outs[adapter], output(theirs, "llama"), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outs["default"], outs["other"], atol=1e-4)
     ours.save_pretrained(tmp_path / "ours")
-    back = peft.PeftModel.from_pretrained(llama(), tmp_path / "ours" / "other", adapter_name="other")
-    torch.testing.assert_close(logits(back), logits(ours), rtol=1e-5, atol=1e-5)
+    back = peft_load("llama", tmp_path / "ours", subfolder="other", adapter_name="other")
+    torch.testing.assert_close(output(back, "llama"), outs["other"], rtol=1e-5, atol=1e-5)
 
 
-def test_legacy_bin_checkpoint_loads_without_unpickling(tmp_path):
-    theirs = peft.get_peft_model(llama(), peft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
+def test_legacy_bin_checkpoint_loads(tmp_path):
+    theirs = peft_model("llama", dict(n_frequency=12, target_modules=["q_proj"]))
+    perturb(theirs)
     theirs.save_pretrained(tmp_path, safe_serialization=False)
-    assert (tmp_path / "adapter_model.bin").exists()
-    ours = fourierft.PeftModel.from_pretrained(llama(), tmp_path)
-    torch.testing.assert_close(logits(ours), logits(theirs))
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.bin"]
+    ours = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
+    assert_ours(ours)
+    torch.testing.assert_close(output(ours, "llama"), output(theirs.eval(), "llama"), rtol=1e-5, atol=1e-5)
 
 
 class _Evil:
@@ -141,113 +171,116 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_malicious_bin_is_refused(tmp_path):
+def test_malicious_bin_is_not_unpickled(tmp_path):
     fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]).save_pretrained(tmp_path)
     with open(tmp_path / "adapter_model.bin", "wb") as fh:
         pickle.dump({"x": _Evil()}, fh)
-    model = llama()
     with pytest.raises(pickle.UnpicklingError):
-        fourierft.PeftModel.from_pretrained(model, tmp_path)
-    assert not any(isinstance(m, fourierft.FourierFTLayer) for m in model.modules())
+        fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
 
 
-def test_wrong_base_shape_names_layer_and_both_shapes(tmp_path):
-    ours = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
-    ours.save_pretrained(tmp_path)
-    other = llama(hidden=64)
-    before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*\[64, 64\].*\[32, 32\]"):
-        fourierft.PeftModel.from_pretrained(other, tmp_path)
-    assert not any(isinstance(m, fourierft.FourierFTLayer) for m in other.modules())
-    assert other.state_dict().keys() == before.keys()
-    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+# --- adapters written by the previous release (0.1) -----------------------------------------------------------------
+# What fourierft 0.1 wrote (FourierFTConfig.to_dict, json.dumps(indent=2, sort_keys=True), its added keys only when
+# not at their defaults; safetensors with a "fourierft_layer_shapes" metadata entry), reproduced here by hand.
+def _release_01_config(**changes) -> dict:
+    config = {"base_model_name_or_path": None, "bias": "none", "exclude_modules": None, "fan_in_fan_out": False,
+              "inference_mode": False, "init_weights": False, "layers_pattern": None, "layers_to_transform": None,
+              "modules_to_save": None, "n_frequency": 7, "n_frequency_pattern": {}, "peft_type": "FOURIERFT",
+              "random_loc_seed": 777, "revision": None, "scaling": 150.0, "target_modules": ["0", "2"],
+              "task_type": None}
+    return config | changes
 
 
-def test_missing_module_is_named_and_nothing_half_loaded(tmp_path):
-    theirs = peft.get_peft_model(llama(), peft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
-    theirs.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "adapter_model.safetensors")
-    state["base_model.model.model.layers.7.self_attn.q_proj.fourierft_spectrum"] = torch.zeros(12)
-    from safetensors.torch import save_file
-    save_file(state, tmp_path / "adapter_model.safetensors")
-    model = llama()
-    with pytest.raises(ValueError, match=r"layers\.7\.self_attn\.q_proj.*does not have"):
-        fourierft.PeftModel.from_pretrained(model, tmp_path)
-    assert not any(isinstance(m, fourierft.FourierFTLayer) for m in model.modules())
+def _write_release_01(path, config: dict, tensors: dict, shapes: dict) -> None:
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, path / "adapter_model.safetensors",
+              metadata={"format": "pt", "fourierft_layer_shapes": json.dumps(shapes)})
 
 
-def test_wrong_coefficient_count_is_named(tmp_path):
-    fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"])).save_pretrained(tmp_path)
-    cfg = fourierft.FourierFTConfig.from_pretrained(tmp_path).copy(n_frequency=13)
-    cfg.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"q_proj\.fourierft_spectrum.*\(13,\).*\(12,\)"):
-        fourierft.PeftModel.from_pretrained(llama(), tmp_path)
+def _mlp() -> torch.nn.Sequential:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4)).eval()
 
 
-def test_failed_load_adapter_leaves_existing_adapters(tmp_path):
-    model = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
-    reference = logits(model)
-    (tmp_path / "bad").mkdir()
-    fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]).save_pretrained(tmp_path / "bad")
-    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
-        model.load_adapter(tmp_path / "bad", "bad")
-    llama(hidden=64)  # a bigger model's checkpoint: wrong shapes
-    big = fourierft.get_peft_model(llama(hidden=64), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
-    big.save_pretrained(tmp_path / "big")
-    with pytest.raises(ValueError, match="different base model"):
-        model.load_adapter(tmp_path / "big", "big")
-    assert list(model.peft_config) == ["default"]
-    torch.testing.assert_close(logits(model), reference, rtol=0, atol=0)
+X = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
 
 
-def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    model = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
-    model.save_pretrained(tmp_path)
-    reference = logits(model)
-    perturb(model)
-
-    def crash(tensors, path, metadata=None):
-        with open(path, "wb") as fh:
-            fh.write(b"partial")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save_file", crash)
-    with pytest.raises(KeyboardInterrupt):
-        model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
-    torch.testing.assert_close(logits(fourierft.PeftModel.from_pretrained(llama(), tmp_path)), reference)
+def _randperm_entries(d1: int, d2: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = torch.randperm(d1 * d2, generator=torch.Generator().manual_seed(seed))[:n]
+    return flat // d2, flat % d2
 
 
-def test_low_cpu_mem_usage_loads_real_weights(tmp_path):
-    source = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]))
-    source.save_pretrained(tmp_path)
-    meta = fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"]),
-                                    low_cpu_mem_usage=True)
-    assert all(p.is_meta for n, p in meta.named_parameters() if "fourierft_adapters" in n)
-    loaded = fourierft.PeftModel.from_pretrained(llama(), tmp_path, low_cpu_mem_usage=True)
-    assert not any(p.is_meta for p in loaded.parameters())
-    torch.testing.assert_close(logits(loaded), logits(source))
+def _expected(w: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The adapted MLP in float64: ``W + dW`` per layer (``w``: the base state dict, any trained copies)."""
+    x = X.double()
+    h = x @ (w["0.weight"].double() + deltas.get("0", 0)).T + w["0.bias"].double()
+    return torch.relu(h) @ (w["2.weight"].double() + deltas.get("2", 0)).T + w["2.bias"].double()
 
 
-def test_is_trainable_loads_for_training(tmp_path):
-    fourierft.get_peft_model(llama(), fourierft.FourierFTConfig(n_frequency=12, target_modules=["q_proj"])).save_pretrained(tmp_path)
-    model = fourierft.PeftModel.from_pretrained(llama(), tmp_path, is_trainable=True)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(n.endswith(".spectrum") for n in trainable)
+def test_release_01_uniform_adapter_loads(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    spectra = {"0": torch.randn(7, generator=g), "2": torch.randn(7, generator=g)}
+    _write_release_01(tmp_path / "a", _release_01_config(scaling=3.0),
+                      {f"base_model.model.{k}.fourierft_spectrum": v for k, v in spectra.items()},
+                      {"0": [5, 6], "2": [4, 5]})
+    model = fourierft.PeftModel.from_pretrained(_mlp(), tmp_path / "a")
+    assert_ours(model)
+    deltas = {k: delta_weight(s, *_randperm_entries(d1, d2, 7, 777), d1, d2, 3.0, dtype=torch.float64)
+              for (k, s), (d1, d2) in zip(spectra.items(), [(5, 6), (4, 5)])}
+    with torch.no_grad():
+        got = model(X)
+    torch.testing.assert_close(got.double(), _expected(_mlp().state_dict(), deltas), rtol=1e-5, atol=1e-5)
 
 
-def test_saved_config_records_base_and_resolved_targets_like_peft(tmp_path):
-    import json
+@pytest.mark.parametrize("sampling", [
+    {"entry_sampling": "frequency_biased", "frequency_center": 1.0, "frequency_width": 2.0},
+    {"entry_sampling": "stored"},
+])
+def test_release_01_stored_entries_adapter_loads(tmp_path, sampling):
+    rows = torch.tensor([0, 1, 4, 1, 0, 2, 3])
+    cols = torch.tensor([1, 0, 5, 1, 5, 2, 3])
+    spectrum = torch.randn(7, generator=torch.Generator().manual_seed(6))
+    config = _release_01_config(target_modules=["0"], peft_type="FOURIERFT_STORED_ENTRIES", **sampling)
+    _write_release_01(tmp_path / "a", config, {"base_model.model.0.fourierft_spectrum": spectrum,
+                                               "base_model.model.0.fourierft_rows": rows,
+                                               "base_model.model.0.fourierft_cols": cols}, {"0": [5, 6]})
+    model = fourierft.PeftModel.from_pretrained(_mlp(), tmp_path / "a")
+    layer = model.base_model.model[0]
+    assert torch.equal(layer.entries("default")[0], rows) and torch.equal(layer.entries("default")[1], cols)
+    expected = _expected(_mlp().state_dict(), {"0": delta_weight(spectrum, rows, cols, 5, 6, 150.0, torch.float64)})
+    with torch.no_grad():
+        torch.testing.assert_close(model(X).double(), expected, rtol=1e-5, atol=1e-5)
+    with peft_own_layers(), pytest.raises(Exception, match="FOURIERFT_STORED_ENTRIES"):
+        peft.PeftModel.from_pretrained(_mlp(), tmp_path / "a")  # PEFT alone would draw other entries: refused
 
-    model = llama()
-    model.name_or_path = "org/tiny-llama"
-    config = fourierft.FourierFTConfig(n_frequency=12)
-    fourierft.get_peft_model(model, config).save_pretrained(tmp_path / "ours")
-    theirs_model = llama()
-    theirs_model.name_or_path = "org/tiny-llama"
-    peft.get_peft_model(theirs_model, peft.FourierFTConfig(n_frequency=12)).save_pretrained(tmp_path / "theirs")
-    ours = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
-    theirs = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert ours["base_model_name_or_path"] == theirs["base_model_name_or_path"] == "org/tiny-llama"
-    assert sorted(ours["target_modules"]) == sorted(theirs["target_modules"]) == ["q_proj", "v_proj"]
-    assert config.target_modules is None and config.base_model_name_or_path is None  # caller's config untouched
+
+def test_release_01_modules_to_save_and_bias_adapter_loads(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    spectrum, bias0 = torch.randn(7, generator=g), torch.randn(5, generator=g)
+    head_w, head_b = torch.randn(4, 5, generator=g), torch.randn(4, generator=g)
+    config = _release_01_config(target_modules=["0"], modules_to_save=["2"], bias="fourier_only")
+    _write_release_01(tmp_path / "a", config, {
+        "base_model.model.0.fourierft_spectrum": spectrum, "base_model.model.0.base_layer.bias": bias0,
+        "base_model.model.2.weight": head_w, "base_model.model.2.bias": head_b}, {"0": [5, 6]})
+    model = fourierft.PeftModel.from_pretrained(_mlp(), tmp_path / "a")
+    w = _mlp().state_dict() | {"0.bias": bias0, "2.weight": head_w, "2.bias": head_b}
+    dw = delta_weight(spectrum, *_randperm_entries(5, 6, 7, 777), 5, 6, 150.0, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X).double(), _expected(w, {"0": dw}), rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("rows,what", [([0, 9, 1], "out of range"), ([1, 1, 1], "duplicate")])
+def test_stored_entries_from_a_checkpoint_are_checked(tmp_path, rows, what):
+    """A checkpoint could hold anything: entries out of range or repeated (no single dW: ifft2 keeps one of them,
+    a sum over entries counts each) are refused at load, naming the layer."""
+    config = _release_01_config(n_frequency=3, target_modules=["0"], peft_type="FOURIERFT_STORED_ENTRIES",
+                                entry_sampling="stored")
+    _write_release_01(tmp_path / "a", config, {"base_model.model.0.fourierft_spectrum": torch.ones(3),
+                                               "base_model.model.0.fourierft_rows": torch.tensor(rows),
+                                               "base_model.model.0.fourierft_cols": torch.tensor([1, 1, 1])},
+                      {"0": [5, 6]})
+    with pytest.raises(ValueError, match=rf"layer '(base_model\.model\.)?0'.*{what}"):
+        fourierft.PeftModel.from_pretrained(_mlp(), tmp_path / "a")
