@@ -5,7 +5,10 @@
 For each shape (LLaMA's q/o 4096x4096, up/gate 11008x4096, down 4096x11008) and n: the relative error of the
 adapter output, input grad and spectrum grad against the float64 dense formula (autograd through
 ``delta_weight(dtype=float64)``), then median times of forward+backward (training) and of the forward alone under
-``inference_mode``, next to the frozen layer (``x @ W.T`` with input grads), and the path ``auto`` picks.
+``inference_mode``, next to the frozen layer (``x @ W.T`` with input grads). ``auto`` is timed like the others
+(on CUDA it measures the candidates at its first call per key and runs the fastest); the table of its choices
+(``fourierft.kernels.path_choices()``) is printed at the end. Rows go to ``bench/results/kernels-<UTC>.json``
+(``bench/results.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import entries, measure  # noqa: E402
-from fourierft.kernels import choose_path, spectral_linear  # noqa: E402
+from bench.results import write_results  # noqa: E402
+from fourierft.kernels import choose_path, path_choices, spectral_linear  # noqa: E402
 from fourierft.spectral import delta_weight  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -34,10 +38,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--n", default="1000")
     ap.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008")
-    ap.add_argument("--paths", default="dense,gemm,lowrank,factored")
+    ap.add_argument("--paths", default="auto,dense,gemm,lowrank,factored")
     ap.add_argument("--scaling", type=float, default=300.0)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default=None, help="results file (default bench/results/kernels-<UTC>.json)")
     a = ap.parse_args()
+    results = []
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
     dt = DT[a.dtype]
@@ -73,6 +79,11 @@ def main() -> None:
             ft, _, _ = measure(frozen_train, a.steps, 3, cuda)
             fi, _, _ = measure(frozen_inf, a.steps, 3, cuda)
             print(f"| {d1}x{d2} | {n} | frozen | | | | {ft:.3f} | 1.00 | {fi:.3f} | 1.00 |", flush=True)
+            common = {"shape": f"{d1}x{d2}", "out_features": d1, "in_features": d2, "n": n, "rows": a.rows,
+                      "dtype": a.dtype}
+            results.append({**common, "path": "frozen", "flop_model_train": False, "flop_model_infer": False,
+                            "err_y": None, "err_grad_x": None, "err_grad_c": None, "train_ms": ft,
+                            "train_x_frozen": 1.0, "infer_ms": fi, "infer_x_frozen": 1.0})
             auto_t = choose_path(d1, d2, n, device_type=dev, training=True)
             auto_i = choose_path(d1, d2, n, device_type=dev, training=False)
             for p in a.paths.split(","):
@@ -93,12 +104,20 @@ def main() -> None:
                 tt, _, _ = measure(train, a.steps, 3, cuda)
                 ti, _, _ = measure(inf, a.steps, 3, cuda)
                 mark = ("T" if p == auto_t else "") + ("I" if p == auto_i else "")
-                print(f"| {d1}x{d2} | {n} | {p}{' (auto ' + mark + ')' if mark else ''} | {errs[0]:.1e} | "
+                print(f"| {d1}x{d2} | {n} | {p}{' (flop model ' + mark + ')' if mark else ''} | {errs[0]:.1e} | "
                       f"{errs[1]:.1e} | {errs[2]:.1e} | {tt:.3f} | {tt / ft:.2f} | {ti:.3f} | {ti / fi:.2f} |",
                       flush=True)
+                results.append({**common, "path": p, "flop_model_train": p == auto_t, "flop_model_infer": p == auto_i,
+                                "err_y": errs[0], "err_grad_x": errs[1], "err_grad_c": errs[2], "train_ms": tt,
+                                "train_x_frozen": tt / ft, "infer_ms": ti, "infer_x_frozen": ti / fi})
             del ref, x, g, w, xs
             if cuda:
                 torch.cuda.empty_cache()
+    print("\nauto's choices (key: device, out, in, n, dtype, training):")
+    for key, choice in path_choices().items():
+        times = ", ".join(f"{p} {t * 1e3:.3f} ms" for p, t in choice.seconds.items())
+        print(f"  {key}: {choice.path} ({choice.how}{': ' + times if times else ''})")
+    print(f"results: {write_results('kernels', results, out=a.out)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,16 @@ rows is split round-robin over K distinct adapters (K = 1, 8, 64 by default) and
 
 Prints rows/s (median of ``--repeats``) as a Markdown table, with the machine. Run:
 ``python bench/mixed_batch.py [--device cuda] [--hidden 512] [--rows 64] [--seq 64]``.
+
+``--level layer`` times one adapted layer instead (no model code): a frozen ``d x d`` linear plus K adapters that
+share their entries (one seed), on a batch of ``--rows`` rows x ``--seq`` tokens (``--seq 1``: one decoding step):
+
+* ``base``           the frozen layer alone;
+* ``ours-mixed``     base + :func:`fourierft.kernels.spectral_linear_mixed` (one call for all K adapters);
+* ``ours-grouped``   base + one :func:`fourierft.kernels.spectral_linear` per adapter on its rows (scatter back);
+* ``peft-lora-mixed`` PEFT LoRA r=16 with K adapters, ``adapter_names=`` (PEFT's own mixed-batch forward).
+
+Rows go to ``bench/results/mixed_batch-<UTC>.json`` (``bench/results.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fourierft  # noqa: E402
+from bench.results import write_results  # noqa: E402
 
 
 def build(args) -> fourierft.PeftModel:
@@ -64,8 +75,67 @@ def timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+def layer_level(args) -> list[dict]:
+    """Per-layer timings of a mixed batch (see the module docstring); returns the result rows."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from torch import nn
+
+    from bench.common import entries
+    from fourierft.kernels import spectral_linear, spectral_linear_mixed
+
+    dev, dt, d = args.device, (torch.bfloat16 if args.device == "cuda" else torch.float32), args.hidden
+    torch.manual_seed(0)
+    base = nn.Linear(d, d, bias=False).to(dev, dt).requires_grad_(False)
+    rows, cols = (t.to(dev) for t in entries(d, d, args.n))  # shared: every adapter from one seed
+    kmax = max(args.counts)
+    spectra = torch.randn(kmax, args.n, device=dev)
+    scalings = torch.full((kmax,), 300.0)
+    lora = get_peft_model(nn.Sequential(nn.Linear(d, d, bias=False)).to(dev, dt),
+                          LoraConfig(r=16, lora_alpha=32, target_modules=["0"], init_lora_weights=False),
+                          adapter_name="a0")
+    for i in range(1, kmax):
+        lora.add_adapter(f"a{i}", LoraConfig(r=16, lora_alpha=32, target_modules=["0"], init_lora_weights=False))
+    assert isinstance(lora, PeftModel)
+    lora.eval()
+    x = torch.randn(args.rows, args.seq, d, device=dev, dtype=dt)
+    out = []
+    print(f"| K | tokens | base ms | ours-mixed ms | ours-grouped ms | peft-lora-mixed ms | mixed x base | "
+          f"mixed K / mixed K=1 | LoRA / ours-mixed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    first = None
+    with torch.inference_mode():
+        tb = timed(lambda: base(x), args.repeats, dev)
+        for k in args.counts:
+            ra = torch.arange(args.rows, device=dev) % k
+            names = [f"a{i % k}" for i in range(args.rows)]
+            groups = [(a, torch.nonzero(ra == a).flatten()) for a in range(k)]
+
+            def mixed():
+                return base(x) + spectral_linear_mixed(x, spectra[:k], ra, rows, cols, d, d, scalings[:k])
+
+            def grouped():
+                y = base(x)
+                for a, idx in groups:
+                    y[idx] += spectral_linear(x[idx], spectra[a], rows, cols, d, d, 300.0)
+                return y
+
+            tm = timed(mixed, args.repeats, dev)
+            tg = timed(grouped, args.repeats, dev)
+            tl = timed(lambda: lora(x, adapter_names=names), args.repeats, dev)
+            first = first or tm
+            print(f"| {k} | {args.rows}x{args.seq} | {tb * 1e3:.3f} | {tm * 1e3:.3f} | {tg * 1e3:.3f} | "
+                  f"{tl * 1e3:.3f} | {tm / tb:.2f} | {tm / first:.2f} | {tl / tm:.2f} |", flush=True)
+            out.append({"level": "layer", "hidden": d, "n": args.n, "rows": args.rows, "seq": args.seq, "k": k,
+                        "base_ms": tb * 1e3, "ours_mixed_ms": tm * 1e3, "ours_grouped_ms": tg * 1e3,
+                        "peft_lora_mixed_ms": tl * 1e3, "mixed_x_base": tm / tb, "mixed_over_k1": tm / first,
+                        "lora_over_ours_mixed": tl / tm})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--level", choices=["model", "layer"], default="model")
+    parser.add_argument("--results", default=None, help="results file (default bench/results/mixed_batch-<UTC>.json)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -75,6 +145,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 8, 64])
     args = parser.parse_args()
+    if args.level == "layer":
+        print(f"machine: {torch.cuda.get_device_name() if args.device == 'cuda' else cpu_name()}; torch "
+              f"{torch.__version__}; one {args.hidden}x{args.hidden} layer, n={args.n}, adapters sharing entries; "
+              f"batch {args.rows} x {args.seq} tokens; forward, median of {args.repeats}\n")
+        print(f"results: {write_results('mixed_batch', layer_level(args), out=args.results)}")
+        return
 
     peft_model = build(args)
     ids = torch.randint(0, 1000, (args.rows, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
@@ -83,6 +159,7 @@ def main() -> None:
           f"q/v adapters n={args.n}; batch {args.rows} x {args.seq} tokens; forward, median of {args.repeats}\n")
     print("| distinct adapters | mixed batch rows/s | one adapter at a time rows/s | speed-up |")
     print("|---|---|---|---|")
+    records = []
     with torch.no_grad():
         for k in args.counts:
             names = [f"a{i % k}" for i in range(args.rows)]
@@ -96,6 +173,10 @@ def main() -> None:
 
             serial = timed(one_at_a_time, args.repeats, args.device)
             print(f"| {k} | {args.rows / mixed:.1f} | {args.rows / serial:.1f} | {serial / mixed:.2f}x |")
+            records.append({"level": "model", "hidden": args.hidden, "n": args.n, "rows": args.rows, "seq": args.seq,
+                            "k": k, "mixed_rows_per_s": args.rows / mixed, "serial_rows_per_s": args.rows / serial,
+                            "speedup": serial / mixed})
+    print(f"results: {write_results('mixed_batch', records, out=args.results)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
     PYTHONPATH=. python bench/train_step.py --case cpu     # fp32 all-MiniLM-L6-v2-shaped BERT, query,value
 
 One run, one machine: every variant is built fresh from the same seed in this process and timed the same way.
-Prints a markdown table per case (and writes it to --out if given).
+A variant name ending in ``+compile`` is the same variant under ``torch.compile`` (default inductor backend).
+Prints a markdown table per case (and writes it to --out if given); the rows go to
+``bench/results/train_step-<UTC>.json`` (``bench/results.py``, or --results).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import make_variant, measure, merge_all  # noqa: E402
+from bench.results import write_results  # noqa: E402
 
 PATHS = ("gemm", "lowrank", "factored")
 
@@ -39,14 +42,20 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
+def build(variant, case, targets, n, scaling):
+    compiled = variant.endswith("+compile")
+    model, batch = make_variant(variant.removesuffix("+compile"), case, targets, n, scaling)
+    return model, batch, (torch.compile(model) if compiled else model)
+
+
 def train_row(variant, case, targets, n, scaling, steps, warmup):
-    model, batch = make_variant(variant, case, targets, n, scaling)
+    model, batch, run = build(variant, case, targets, n, scaling)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
 
     def step():
-        out = model(**batch)
+        out = run(**batch)
         out.loss.backward()
         if opt is not None:
             opt.step()
@@ -54,13 +63,13 @@ def train_row(variant, case, targets, n, scaling, steps, warmup):
 
     ms, peak, _ = measure(step, steps, warmup, case == "gpu")
     ntrain = sum(p.numel() for p in params)
-    del model, opt, params
+    del model, run, opt, params
     _free()
     return ms, peak, ntrain
 
 
 def infer_row(variant, case, targets, n, scaling, steps, warmup, merged):
-    model, batch = make_variant(variant, case, targets, n, scaling)
+    model, batch, run = build(variant, case, targets, n, scaling)
     model.eval()
     if merged:
         merge_all(model)
@@ -68,12 +77,21 @@ def infer_row(variant, case, targets, n, scaling, steps, warmup, merged):
 
     @torch.inference_mode()
     def fwd():
-        model(**inputs)
+        run(**inputs)
 
     ms, peak, _ = measure(fwd, steps, warmup, case == "gpu")
-    del model
+    del model, run
     _free()
     return ms, peak
+
+
+def result_rows(mode, case, targets, rows, floor_key, peft_key, n, scaling, steps):
+    """Flat result records of one table (``bench/results.py`` schema)."""
+    base = rows[floor_key][0]
+    peft = rows.get(peft_key, (None,))[0]
+    return [{"case": case, "targets": targets, "mode": mode, "variant": name, "n": n, "scaling": scaling,
+             "steps": steps, "ms": ms, "x_floor": ms / base, "peft_fourierft_over_this": peft / ms if peft else None,
+             "peak_gib": peak, "trainable": ntrain} for name, (ms, peak, ntrain) in rows.items()]
 
 
 def fmt_table(title, rows, floor_key, peft_key):
@@ -102,7 +120,8 @@ def main() -> None:
     ap.add_argument("--also", default="", help="comma list of extra variants (e.g. ours-auto beside direct-*)")
     ap.add_argument("--no-infer", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="also write the printed tables here (markdown)")
+    ap.add_argument("--results", default=None, help="results file (default bench/results/train_step-<UTC>.json)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -119,6 +138,7 @@ def main() -> None:
             f"scaling={scaling}; steps={steps} (median), warmup={a.warmup}")
     print(head, flush=True)
     out = [head]
+    records = []
     for tg in targets:
         rows = {}
         for v in variants:
@@ -129,6 +149,9 @@ def main() -> None:
                 _free()
                 continue
             print(f"  train {tg} {v}: {rows[v][0]:.1f} ms", flush=True)
+        if "floor" not in rows:
+            continue
+        records += result_rows("train", a.case, tg, rows, "floor", "peft-fourierft", a.n, scaling, steps)
         out.append(fmt_table(f"train step, {a.case}, targets {tg}", rows, "floor", "peft-fourierft"))
         print(out[-1], flush=True)
     if gpu and not a.no_infer:
@@ -144,11 +167,14 @@ def main() -> None:
                     _free()
                     continue
                 print(f"  infer {tg} {label}: {rows[label][0]:.1f} ms", flush=True)
+            records += result_rows("infer", a.case, tg, rows, "frozen", "peft-fourierft", a.n, scaling, steps)
             out.append(fmt_table(f"inference forward, {a.case}, targets {tg} (unmerged unless named)", rows,
                                  "frozen", "peft-fourierft"))
             print(out[-1], flush=True)
     if a.out:
         Path(a.out).write_text("\n\n".join(out) + "\n")
+    if records:
+        print(f"results: {write_results('train_step', records, out=a.results, note=head)}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "factored")
 
 __all__ = [
     "PATHS",
+    "adapted_linear",
     "Choice",
     "Path",
     "cache_sizes",
@@ -91,6 +92,26 @@ def spectral_linear(
         with torch.autocast(dev, enabled=False):
             return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
     return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
+
+
+def adapted_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
+    path: Path = "auto",
+) -> torch.Tensor:
+    """The adapted layer's output ``x @ W.T (+ bias) + x @ dW.T``: ``x`` ``(..., in_features)``, ``weight``
+    ``(out_features, in_features)`` (``nn.Linear``'s layout), result ``(..., out_features)`` in the frozen layer's
+    output dtype. The frozen output is handed to :func:`spectral_linear` as ``base``, so the paths that can add it
+    inside their last matmul do."""
+    return spectral_linear(x, spectrum, rows, cols, out_features, in_features, scaling, path,
+                           base=torch.nn.functional.linear(x, weight, bias))
 
 
 def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base):

@@ -154,3 +154,25 @@ def test_empty_batch(path):
     assert y.shape == (0, 6)
     y.sum().backward()
     assert torch.equal(c.grad, torch.zeros(5)) and x.grad.shape == (0, 8)
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("grad", [True, False])
+def test_adapted_linear(path, grad):
+    """``adapted_linear`` = the frozen ``nn.Linear`` plus ``x @ dW.T``; grads reach x and the spectrum only."""
+    from fourierft.kernels import adapted_linear
+
+    d1, d2 = 14, 9
+    rows, cols = make_entries(d1, d2, 20)
+    lin = torch.nn.Linear(d2, d1).double().requires_grad_(False)
+    x = torch.randn(2, 5, d2, dtype=torch.float64, requires_grad=grad)
+    c = torch.randn(20, requires_grad=grad)
+    g = torch.randn(2, 5, d1, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        y = adapted_linear(x, lin.weight, lin.bias, c, rows, cols, d1, d2, 2.0, path)
+    ry, rgx, rgc = reference(x.detach(), g, c.detach(), rows, cols, d1, d2, 2.0)
+    tol = 1e-5 if path == "dense" else 1e-10
+    assert y.shape == (2, 5, d1) and rel(y - lin(x.detach()), ry) < tol
+    if grad:
+        y.backward(g)
+        assert rel(x.grad, rgx + g @ lin.weight) < tol and rel(c.grad, rgc) < max(tol, 1e-6)
