@@ -17,7 +17,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 _TUNER_STATE = ("peft_config", "active_adapter", "targeted_module_names", "targeted_parameter_names")
-_LAYER_STATE = ("_active_adapter", "merged_adapters", "_disable_adapters", "_norm_factor")
+# ParameterDict and PEFT's BufferDict keep their key order in ``_keys``
+_LAYER_STATE = ("_active_adapter", "merged_adapters", "_disable_adapters", "_norm_factor", "_keys")
 
 
 def _copy_attr(value):
@@ -46,20 +47,36 @@ def _restore(module: nn.Module, snap: dict) -> None:
     module.training = snap["training"]
     for name in set(module.__dict__) - snap["added"]:  # attributes the failed call added (e.g. model.peft_config)
         del module.__dict__[name]
-    module.__dict__.update(snap["attrs"])
+    for name, value in snap["attrs"].items():
+        current = module.__dict__.get(name)
+        if type(current) is type(value) and isinstance(value, (dict, list, set)):
+            current.clear()  # in place: others hold the same object (the tuner's peft_config is the model's)
+            current.update(value) if isinstance(value, (dict, set)) else current.extend(value)
+        else:
+            module.__dict__[name] = value
+
+
+class Snapshot:
+    """What :func:`restoring` saves of ``roots`` and their submodules; :meth:`restore` puts it back."""
+
+    def __init__(self, *roots: nn.Module) -> None:
+        self._modules = {id(m): m for root in roots for m in root.modules()}
+        self._snaps = {key: _snapshot(m) for key, m in self._modules.items()}
+        self._grads = [(p, p.requires_grad) for root in roots for p in root.parameters()]
+
+    def restore(self) -> None:
+        for key, module in self._modules.items():
+            _restore(module, self._snaps[key])
+        for p, flag in self._grads:
+            p.requires_grad_(flag)
 
 
 @contextmanager
-def restoring(*roots: nn.Module) -> Iterator[None]:
+def restoring(*roots: nn.Module) -> Iterator[Snapshot]:
     """Undo every structural and bookkeeping change to ``roots`` (and their submodules) if the block raises."""
-    modules = {id(m): m for root in roots for m in root.modules()}
-    snaps = {key: _snapshot(m) for key, m in modules.items()}
-    grads = [(p, p.requires_grad) for root in roots for p in root.parameters()]
+    snapshot = Snapshot(*roots)
     try:
-        yield
+        yield snapshot
     except BaseException:
-        for key, module in modules.items():
-            _restore(module, snaps[key])
-        for p, flag in grads:
-            p.requires_grad_(flag)
+        snapshot.restore()
         raise

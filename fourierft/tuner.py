@@ -13,6 +13,7 @@ A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`
 
 from __future__ import annotations
 
+import re
 import warnings
 from contextlib import contextmanager
 
@@ -23,9 +24,9 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from .layer import Conv2d, Embedding, FourierFTLayer, Linear, n_frequency_of
-from .mixed import adapter_names_hooks, expand_names
+from .mixed import adapter_names_hooks, batch_size
 from .quantized import merged_float_linear, quantization_kind
-from .transaction import restoring
+from .transaction import Snapshot, restoring
 
 
 def _conv1d_class() -> type[nn.Module] | None:
@@ -52,6 +53,28 @@ def layer_class_for(base: nn.Module) -> tuple[type[FourierFTLayer], bool]:
         "torch.nn.Conv2d and torch.nn.Embedding (and bitsandbytes/torchao quantized linear layers)")
 
 
+def warn_unmatched(config, module_names: list[str], targeted: list[str]) -> None:
+    """Warn about entries of ``target_modules``, ``modules_to_save`` and ``n_frequency_pattern`` that match nothing
+    (PEFT accepts them silently; a typo then adapts less than the user asked for)."""
+    def matches(entry: str, names: list[str]) -> bool:
+        return any(n == entry or n.endswith("." + entry) for n in names)
+
+    unmatched = {}
+    targets = config.target_modules
+    if targets is not None and not isinstance(targets, str):
+        unmatched["target_modules"] = sorted(t for t in targets if t != "all-linear" and not matches(t, module_names))
+    # PEFT's sequence-classification wrapper adds both "classifier" and "score" itself; a model has one of them
+    unmatched["modules_to_save"] = sorted(m for m in config.modules_to_save or []
+                                          if m not in ("classifier", "score") and not matches(m, module_names))
+    unmatched["n_frequency_pattern"] = sorted(
+        p for p in config.n_frequency_pattern or {}
+        if not any(re.match(rf".*\.{p}$", n) or n == p for n in targeted))
+    for field_name, entries in unmatched.items():
+        if entries:
+            warnings.warn(f"{field_name} entries {entries} match no module of this model (no layer gets them): "
+                          "check the names against model.named_modules()", stacklevel=3)
+
+
 def check_adapter_name(name: object) -> None:
     """An adapter name must be a non-empty string without ``.`` (it becomes a key of parameter dicts)."""
     if not isinstance(name, str) or not name or "." in name:
@@ -67,9 +90,37 @@ class FourierFTModel(PeftFourierFTModel):
                        low_cpu_mem_usage: bool = False, state_dict=None) -> None:
         """PEFT's ``inject_adapter``, all or nothing: on any error no layer is wrapped or changed."""
         check_adapter_name(adapter_name)
-        with restoring(self, model):
+        with restoring(self, model) as before:
             super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
                                    low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        # kept until the adapter's weights are loaded: a load that is refused undoes the injection too
+        self._before_injection = (adapter_name, before)
+        warn_unmatched(self.peft_config[adapter_name], [n for n, _ in model.named_modules()],
+                       self.targeted_module_names)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """PEFT's key mapping, then a check that every coefficient and entry vector fits its layer; a misfit is
+        refused before anything is written, and an adapter injected just for this load is removed again."""
+        mapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        own = model.state_dict()
+        prefix = "base_model.model."
+        misfits = []
+        for key, value in mapped.items():
+            target = own.get(key, own.get(key.removeprefix(prefix)))
+            if ".fourierft_" in key and target is not None and tuple(target.shape) != tuple(value.shape):
+                misfits.append(f"{key.removeprefix(prefix)}: {tuple(value.shape)} in the checkpoint, "
+                               f"{tuple(target.shape)} in the model")
+        if misfits:
+            tuner = getattr(model, "base_model", None)
+            pending = getattr(tuner, "_before_injection", None)
+            if pending is not None and pending[0] == adapter_name:
+                pending[1].restore()
+                tuner.peft_config.pop(adapter_name, None)
+                tuner._before_injection = None
+            raise ValueError(f"adapter {adapter_name!r} does not fit this model (is it for another base model?): "
+                             + "; ".join(misfits[:3]) + (f"; and {len(misfits) - 3} more" if len(misfits) > 3 else ""))
+        return mapped
 
     def _create_and_replace(self, fourierft_config, adapter_name, target, target_name, parent, current_key,
                             **optional_kwargs) -> None:
@@ -125,10 +176,10 @@ class FourierFTModel(PeftFourierFTModel):
         known = {name for m in modules if isinstance(m, FourierFTLayer) for name in m.fourierft_spectrum}
         known |= set(self.peft_config)
         beams = kwargs.get("num_beams")
-        if isinstance(beams, int) and beams > 1 and not isinstance(adapter_names, str):
-            # PEFT's modules_to_save wrapper needs one name per (expanded) row; our layers expand by themselves
-            adapter_names = expand_names(list(adapter_names), len(adapter_names) * beams)
-        with adapter_names_hooks(self.model, adapter_names, known, modules):
+        # PEFT's modules_to_save wrapper needs one name per (beam-expanded) row; our layers expand by themselves
+        repeat = beams if isinstance(beams, int) and beams > 1 else 1
+        with adapter_names_hooks(self.model, adapter_names, known, modules, rows=batch_size(args, kwargs),
+                                 repeat=repeat):
             yield
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
