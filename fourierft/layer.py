@@ -27,7 +27,8 @@ from .config import n_frequency_for, norm_factor
 from .entries import spectral_entries
 from .kernels import spectral_linear
 from .layers_extra import check_extra, conv2d_delta, embedding_delta, matrix_shape
-from .mixed import BASE, expand_names, row_groups
+from .kernels.mixed import MIXED_PATHS
+from .mixed import BASE, expand_names, row_groups, shared_entries_delta, shared_entry_groups
 from .quantized import quantization_kind
 from .sampling import check_entries, sampler_for
 from .spectral import delta_weight
@@ -240,6 +241,18 @@ class Linear(FourierFTLayer):
         rows, cols = self.entries(adapter)
         return spectral_linear(x, spectrum, rows, cols, self.out_features, self.in_features, self.scaling(adapter),
                                path=self.compute_path)
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
+        """As :meth:`FourierFTLayer._mixed_batch_forward`; adapters that share their entries go through one
+        :func:`fourierft.kernels.spectral_linear_mixed` call (unless a compute path it lacks is forced)."""
+        names = expand_names(adapter_names, x.shape[0])
+        groups = shared_entry_groups(self, names) if self.compute_path in MIXED_PATHS else []
+        shared = {name for group in groups for name in group}
+        rest = [BASE if name in shared else name for name in names]
+        result = super()._mixed_batch_forward(x, *args, adapter_names=rest, **kwargs)
+        for group in groups:
+            result = result + shared_entries_delta(self, x, names, group).to(result.dtype)
+        return result
 
 
 class Conv2d(FourierFTLayer):

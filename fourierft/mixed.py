@@ -6,10 +6,15 @@ every FourierFT layer and ``modules_to_save`` wrapper, removed again when the ca
 the output it gets alone with adapter ``adapter_names[i]`` active; the reserved name :data:`BASE` (``"__base__"``,
 PEFT's convention) means no adapter.
 
-The batch must be dimension 0 of every adapted layer's input, as in PEFT. ``generate`` expands rows in place (beam
-search, ``num_return_sequences``: ``repeat_interleave``) and some models flatten ``(batch, seq)`` rows into one
-dimension; both keep each row's copies contiguous, so a layer whose leading size is ``k * len(names)`` repeats every
-name ``k`` times (:func:`expand_names`).
+The batch must be dimension 0 of every adapted layer's input, as in PEFT, and the call's batch size (its first
+tensor input's dimension 0) must equal ``len(adapter_names)``. ``generate`` expands rows in place (beam search,
+``num_return_sequences``: ``repeat_interleave``) and some models flatten ``(batch, seq)`` rows into one dimension;
+both keep each row's copies contiguous, so a layer whose leading size is ``k * len(names)`` repeats every name ``k``
+times (:func:`expand_names`).
+
+Linear layers send adapters that share their entries (PEFT's default: every adapter of a shape drawn from one
+``random_loc_seed``) through one :func:`fourierft.kernels.spectral_linear_mixed` call, at one adapter's cost
+(:func:`shared_entry_groups`, :func:`shared_entries_delta`); the others go row group by row group.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from functools import partial
 import torch
 from torch import nn
 
+from .kernels.mixed import MIXED_PATHS, spectral_linear_mixed
+
 BASE = "__base__"
+# inputs that carry the batch in dimension 0, looked up when a call passes no positional tensor
+_BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features", "decoder_input_ids")
 
 
 def expand_names(names: Sequence[str], rows: int) -> list[str]:
@@ -43,8 +52,17 @@ def row_groups(names: Sequence[str], device: torch.device) -> dict[str, torch.Te
     return {name: torch.tensor(idx, dtype=torch.int64, device=device) for name, idx in rows.items()}
 
 
-def check_names(adapter_names, known: set[str], training: bool) -> list[str]:
-    """Validate per-row names; raise ``ValueError`` (nothing changes) or return them as a list."""
+def batch_size(args: tuple, kwargs: dict) -> int | None:
+    """Dimension 0 of a call's first positional tensor, else of its first batch-carrying keyword; None if none."""
+    for value in (*args, *(kwargs.get(k) for k in _BATCH_KEYS)):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def check_names(adapter_names, known: set[str], training: bool, rows: int | None = None) -> list[str]:
+    """Validate per-row names (``rows``: the call's batch size, if known); raise ``ValueError`` (nothing changes) or
+    return them as a list."""
     if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
         raise ValueError(f"adapter_names must be a list of adapter names, one per row, got {adapter_names!r}")
     if training:
@@ -53,6 +71,9 @@ def check_names(adapter_names, known: set[str], training: bool) -> list[str]:
     if unknown:
         raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)} (adapters: "
                          f"{sorted(known)}; {BASE!r} means the base model)")
+    if rows is not None and rows != len(adapter_names):
+        raise ValueError(f"got {len(adapter_names)} adapter_names for a batch of {rows} rows: give exactly one adapter "
+                         f"name per row ({BASE!r} for the base model)")
     return list(adapter_names)
 
 
@@ -62,9 +83,15 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[
 
 
 @contextmanager
-def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], modules: list[nn.Module]) -> Iterator[None]:
-    """Route row ``i`` through ``adapter_names[i]`` in ``modules`` for the calls inside the block."""
-    names = check_names(adapter_names, known, model.training)
+def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], modules: list[nn.Module],
+                        rows: int | None = None, repeat: int = 1) -> Iterator[None]:
+    """Route row ``i`` through ``adapter_names[i]`` in ``modules`` for the calls inside the block.
+
+    ``rows``: the call's batch size if known (checked against the names); ``repeat``: how often ``generate``
+    repeats each row (beam search), so that every module is handed one name per expanded row.
+    """
+    names = check_names(adapter_names, known, model.training, rows)
+    names = expand_names(names, len(names) * repeat)
     merged = [m for m in modules if getattr(m, "merged", False)]
     if merged:
         raise ValueError("adapters are merged into the weights: unmerge them before using adapter_names")
@@ -75,3 +102,41 @@ def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], module
     finally:
         for handle in handles:
             handle.remove()
+
+
+def shared_entry_groups(layer, names: Sequence[str]) -> list[list[str]]:
+    """The adapters named in ``names`` that ``layer`` holds, grouped by identical entries (same rows and cols,
+    same spectrum dtype and device); only groups of two or more, in order of first appearance."""
+    groups: list[list[str]] = []
+    for name in dict.fromkeys(names):
+        if name == BASE or name not in layer.fourierft_spectrum:
+            continue
+        rows, cols = layer.entries(name)
+        spectrum = layer.fourierft_spectrum[name]
+        for group in groups:
+            rows0, cols0 = layer.entries(group[0])
+            first = layer.fourierft_spectrum[group[0]]
+            if (first.dtype, first.device) == (spectrum.dtype, spectrum.device) and rows0.shape == rows.shape \
+                    and torch.equal(rows0, rows) and torch.equal(cols0, cols):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [group for group in groups if len(group) > 1]
+
+
+def shared_entries_delta(layer, x: torch.Tensor, names: Sequence[str], group: Sequence[str]) -> torch.Tensor:
+    """``x[i] @ dW_{names[i]}.T`` for the rows whose adapter is in ``group`` (adapters sharing entries), zeros
+    elsewhere: ``(B, ..., in_features) -> (B, ..., out_features)`` in ``x.dtype``, one kernel call."""
+    for name in group:
+        if layer.fourierft_spectrum[name].device.type == "meta":
+            layer.get_delta_weight(name)  # raises the clear error
+    index = {name: i for i, name in enumerate(group)}
+    row_adapter = torch.tensor([index.get(n, -1) for n in names], dtype=torch.int64, device=x.device)
+    spectra = torch.stack([layer.fourierft_spectrum[name] for name in group])  # (K, n)
+    rows, cols = layer.entries(group[0])
+    path = layer.compute_path if layer.compute_path in MIXED_PATHS else "auto"
+    if path == "factored" and torch.is_grad_enabled():  # the factored mixed form has no backward
+        path = "auto"
+    return spectral_linear_mixed(x, spectra, row_adapter, rows, cols, layer.out_features, layer.in_features,
+                                 [layer.scaling(name) for name in group], path=path)

@@ -1,29 +1,38 @@
-"""Mixed-adapter batches: every row equals running it alone with its adapter; nothing persists after the call."""
+"""Mixed-adapter batches through PEFT's own wrapper: ``peft_model(**batch, adapter_names=[...])`` and
+``generate(..., adapter_names=...)``. Every row equals running it alone with its adapter active (``"__base__"``: the
+base model itself); nothing persists after the call; bad names are refused before anything runs."""
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
 
 import fourierft
+import fourierft.mixed
 from fourierft.mixed import BASE
+from fourierft.spectral import delta_weight_cos
 from helpers import VOCAB, assert_close, build
 
-ADAPTERS = {
+ADAPTERS = {  # different seeds: different entries, so the layers take the row-group path
     "a": dict(n_frequency=30, scaling=150.0, random_loc_seed=1),
     "b": dict(n_frequency=20, scaling=300.0, random_loc_seed=2),
+    "c": dict(n_frequency=25, scaling=100.0, random_loc_seed=3),
+}
+SHARED = {  # PEFT's default: one seed and n for all, so a and b share entries (the shared-entries kernel)
+    "a": dict(n_frequency=30, scaling=150.0),
+    "b": dict(n_frequency=30, scaling=300.0),
     "c": dict(n_frequency=25, scaling=100.0, random_loc_seed=3),
 }
 
 
 def make(name: str, targets, task_type=None, adapters=ADAPTERS, only_some: dict | None = None):
     torch.manual_seed(0)
-    model = build(name)
     first, *rest = adapters
     cfg = lambda a: fourierft.FourierFTConfig(target_modules=(only_some or {}).get(a, targets), task_type=task_type,
-                                             fan_in_fan_out=name == "gpt2",
-                                             **adapters[a])
-    peft_model = fourierft.get_peft_model(model, cfg(first), adapter_name=first)
+                                             fan_in_fan_out=name == "gpt2", **adapters[a])
+    peft_model = fourierft.get_peft_model(build(name), cfg(first), adapter_name=first)
+    assert isinstance(peft_model, peft.PeftModel)
     for a in rest:
         peft_model.add_adapter(a, cfg(a))
     with torch.no_grad():  # heads differ per adapter, so a row that took the wrong head shows
@@ -34,12 +43,12 @@ def make(name: str, targets, task_type=None, adapters=ADAPTERS, only_some: dict 
 
 
 def alone(peft_model, name: str, **row):
-    """The reference: this row as a batch of one, with only its adapter active (or none)."""
+    """The reference: this row as a batch of one, with only its adapter active (``__base__``: the base model)."""
     with torch.no_grad():
         if name == BASE:
             with peft_model.disable_adapter():
                 return peft_model(**row).logits
-        previous = peft_model.active_adapters
+        previous = peft_model.active_adapter
         peft_model.set_adapter(name)
         try:
             return peft_model(**row).logits
@@ -55,59 +64,118 @@ def batch(rows: int, seq: int = 7):
     return ids, mask
 
 
-def assert_no_leftover(peft_model):
-    for m in peft_model.modules():
-        assert getattr(m, "mixed_adapter_names", None) is None
+def hooks_left(peft_model) -> int:
+    """Forward pre-hooks still registered on adapted layers and modules_to_save wrappers (must be none)."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return sum(len(m._forward_pre_hooks) for m in peft_model.modules()
+               if isinstance(m, (fourierft.FourierFTLayer, AuxiliaryTrainingWrapper)))
 
 
-@pytest.mark.parametrize("model_name,targets", [("llama", ["q_proj", "v_proj", "down_proj"]), ("gpt2", ["c_attn", "c_proj"])])
+def check_rows(peft_model, model_name, names, ids, mask):
+    with torch.no_grad():
+        mixed = peft_model(input_ids=ids, attention_mask=mask, adapter_names=names).logits
+    assert hooks_left(peft_model) == 0
+    base = build(model_name)
+    for i, name in enumerate(names):
+        row = dict(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1])
+        assert_close(mixed[i], alone(peft_model, name, **row)[0])
+        if name == BASE:  # the base model itself, not only our disabled adapters
+            with torch.no_grad():
+                assert_close(mixed[i], base(**row).logits[0])
+    return mixed
+
+
+@pytest.mark.parametrize("model_name,targets", [("llama", ["q_proj", "v_proj", "down_proj"]),
+                                                ("gpt2", ["c_attn", "c_proj"])])
 def test_causal_lm_rows_equal_running_alone(model_name, targets):
     peft_model = make(model_name, targets)
     names = ["a", "b", BASE, "c", "a", "b"]
     ids, mask = batch(len(names))
-    with torch.no_grad():
-        mixed = peft_model(input_ids=ids, attention_mask=mask, adapter_names=names).logits
-    assert_no_leftover(peft_model)
-    for i, name in enumerate(names):
-        assert_close(mixed[i], alone(peft_model, name, input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1])[0])
+    mixed = check_rows(peft_model, model_name, names, ids, mask)
     # rows really differ per adapter (the test would be vacuous otherwise)
     assert not torch.allclose(mixed[0], alone(peft_model, "b", input_ids=ids[:1], attention_mask=mask[:1])[0])
+
+
+def test_shared_entries_use_the_mixed_kernel_and_distinct_entries_do_not(monkeypatch):
+    calls = []
+    real = fourierft.mixed.spectral_linear_mixed
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape[0])  # K adapters in one call
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fourierft.mixed, "spectral_linear_mixed", spy)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    names = ["a", "c", BASE, "b", "a", "b"]
+    ids, mask = batch(len(names))
+    shared = make("llama", targets, adapters=SHARED)
+    layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
+    assert all(torch.equal(m.fourierft_indices["a"], m.fourierft_indices["b"]) for m in layers)
+    assert not any(torch.equal(m.fourierft_indices["a"][:, :25], m.fourierft_indices["c"]) for m in layers)
+    check_rows(shared, "llama", names, ids, mask)
+    assert calls == [2] * len(layers)  # a and b in one call per layer; c row-grouped
+    calls.clear()
+    check_rows(make("llama", targets), "llama", names, ids, mask)
+    assert calls == []  # every adapter has its own entries: nothing to share
+
+
+def test_shared_entries_kernel_on_one_layer_against_float64():
+    """One layer, a flattened (tokens, features) input: each row gets x @ dW_a.T of its own adapter."""
+    torch.manual_seed(0)
+    model = fourierft.get_peft_model(build("mlp"), fourierft.FourierFTConfig(target_modules=["lin0"], n_frequency=40),
+                                     "a")
+    for name, scaling in (("b", 90.0), ("c", 20.0)):
+        model.add_adapter(name, fourierft.FourierFTConfig(target_modules=["lin0"], n_frequency=40, scaling=scaling))
+    model.eval()
+    layer = model.base_model.model.lin0
+    x = torch.randn(5, 10)
+    names = ["c", "a", BASE, "b", "c"]
+    for path in ("auto", "lowrank", "factored", "dense"):
+        layer.set_compute_path(path)
+        with torch.no_grad():
+            got = layer(x, adapter_names=names).double()
+        base = x.double() @ layer.base_layer.weight.double().T + layer.base_layer.bias.double()
+        for i, name in enumerate(names):
+            want = base[i]
+            if name != BASE:
+                rows, cols = layer.entries(name)
+                want = want + x[i].double() @ delta_weight_cos(layer.fourierft_spectrum[name], rows, cols, 20, 10,
+                                                               layer.scaling(name)).T
+            torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
 
 
 def test_adapter_on_some_layers_only():
     peft_model = make("llama", ["q_proj", "v_proj"], only_some={"b": ["o_proj"]})
     names = ["b", "a", "b"]
     ids, mask = batch(3)
-    with torch.no_grad():
-        mixed = peft_model(input_ids=ids, attention_mask=mask, adapter_names=names).logits
-    for i, name in enumerate(names):
-        assert_close(mixed[i], alone(peft_model, name, input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1])[0])
+    check_rows(peft_model, "llama", names, ids, mask)
 
 
 def test_sequence_classification_heads_per_row():
+    """modules_to_save heads (PEFT's own wrapper) also follow the row's adapter."""
     peft_model = make("bert", ["query", "value"], task_type="SEQ_CLS")
-    names = ["c", BASE, "a", "b", "c"]
-    ids, mask = batch(len(names))
-    with torch.no_grad():
-        mixed = peft_model(input_ids=ids, attention_mask=mask, adapter_names=names).logits
-    for i, name in enumerate(names):
-        assert_close(mixed[i], alone(peft_model, name, input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1])[0])
+    heads = [m for m in peft_model.modules() if type(m).__name__ == "ModulesToSaveWrapper"]
+    assert heads and all(set(m.modules_to_save) == {"a", "b", "c"} for m in heads)
+    check_rows(peft_model, "bert", ["c", BASE, "a", "b", "c"], *batch(5))
 
 
-@pytest.mark.parametrize("gen_kwargs", [dict(do_sample=False), dict(do_sample=False, num_beams=2)])
-def test_generate_rows_equal_generating_alone(gen_kwargs):
-    peft_model = make("gpt2", ["c_attn", "c_proj"])
+@pytest.mark.parametrize("adapters", [ADAPTERS, SHARED], ids=["distinct", "shared"])
+@pytest.mark.parametrize("gen_kwargs", [dict(do_sample=False), dict(do_sample=False, num_beams=2)],
+                         ids=["greedy", "beam"])
+def test_generate_rows_equal_generating_alone(gen_kwargs, adapters):
+    peft_model = make("gpt2", ["c_attn", "c_proj"], adapters=adapters)
     names = ["a", BASE, "b"]
     ids = batch(3, seq=5)[0]
     kw = dict(max_new_tokens=4, pad_token_id=0, **gen_kwargs)
+    base = build("gpt2")
     with torch.no_grad():
         out = peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=names, **kw)
-        assert_no_leftover(peft_model)
+        assert hooks_left(peft_model) == 0
         for i, name in enumerate(names):
             row = dict(input_ids=ids[i:i + 1], attention_mask=torch.ones_like(ids[i:i + 1]))
             if name == BASE:
-                with peft_model.disable_adapter():
-                    ref = peft_model.generate(**row, **kw)
+                ref = base.generate(**row, **kw)
             else:
                 peft_model.set_adapter(name)
                 ref = peft_model.generate(**row, **kw)
@@ -115,7 +183,7 @@ def test_generate_rows_equal_generating_alone(gen_kwargs):
         peft_model.set_adapter("a")
 
 
-def test_mlp_positional_input_and_base_model_forward():
+def test_mlp_positional_input():
     torch.manual_seed(0)
     peft_model = fourierft.get_peft_model(build("mlp"), fourierft.FourierFTConfig(target_modules=["lin0"],
                                                                                  n_frequency=20), "a")
@@ -126,12 +194,9 @@ def test_mlp_positional_input_and_base_model_forward():
     names = ["b", "a", BASE, "b"]
     with torch.no_grad():
         mixed = peft_model(x, adapter_names=names)
-        via_tuner = peft_model.base_model(x, adapter_names=names)
-        torch.testing.assert_close(mixed, via_tuner)
         for i, name in enumerate(names):
             if name == BASE:
-                with peft_model.disable_adapter():
-                    ref = peft_model(x[i:i + 1])
+                ref = build("mlp")(x[i:i + 1])
             else:
                 peft_model.set_adapter(name)
                 ref = peft_model(x[i:i + 1])
@@ -143,10 +208,12 @@ def test_errors_are_clear_and_change_nothing():
     ids, mask = batch(3)
     with torch.no_grad():
         before = peft_model(input_ids=ids, attention_mask=mask).logits
-        with pytest.raises(ValueError, match="unknown adapter"):
+        with pytest.raises(ValueError, match="non-existing adapter.*nope"):
             peft_model(input_ids=ids, adapter_names=["a", "nope", "b"])
-        with pytest.raises(ValueError, match="3 rows"):
+        with pytest.raises(ValueError, match="2 adapter_names for a batch of 3 rows"):
             peft_model(input_ids=ids, adapter_names=["a", "b"])
+        with pytest.raises(ValueError, match="6 adapter_names for a batch of 3 rows"):  # not silently repeated
+            peft_model(input_ids=ids, adapter_names=["a", "b", "c"] * 2)
         with pytest.raises(ValueError, match="list of adapter names"):
             peft_model(input_ids=ids, adapter_names="a")
         peft_model.merge_adapter(["a"])
@@ -157,8 +224,8 @@ def test_errors_are_clear_and_change_nothing():
         with pytest.raises(ValueError, match="eval"):
             peft_model(input_ids=ids, adapter_names=["a", "b", "c"])
         peft_model.eval()
-        with pytest.raises(Exception):  # a failure inside the forward still clears the per-row names
+        with pytest.raises(Exception):  # a failure inside the forward still removes the per-row hooks
             peft_model(input_ids=ids, attention_mask=mask[:, :2], adapter_names=["a", "b", "c"])
-        assert_no_leftover(peft_model)
+        assert hooks_left(peft_model) == 0
         after = peft_model(input_ids=ids, attention_mask=mask).logits
     assert_close(after, before)  # merge + unmerge round-trips up to float rounding
