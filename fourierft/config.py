@@ -63,6 +63,15 @@ class FourierFTConfig(peft.FourierFTConfig):
     frequency_center: float | None = field(default=None, metadata={"help": "Band centre (frequency_biased)."})
     frequency_width: float | None = field(default=None, metadata={"help": "Band width (frequency_biased)."})
 
+    def __new__(cls, *args, **kwargs):
+        # PEFT's PeftConfig.from_peft_type (PeftConfig.from_pretrained, AutoPeftModel) drops keys that make the
+        # constructor raise "got an unexpected keyword argument", with a warning: refuse them here instead.
+        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls) if f.init})
+        if unknown:
+            raise TypeError(f"{cls.__name__} does not understand {unknown} (an adapter_config.json key may change the "
+                            "adapter's math): check the spelling, or upgrade fourierft")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not _is_int(self.n_frequency) or self.n_frequency <= 0:
@@ -90,8 +99,17 @@ class FourierFTConfig(peft.FourierFTConfig):
             value = getattr(self, name)
             if isinstance(value, str):
                 _check_regex(name, value)
-            elif value is not None and not all(isinstance(v, str) for v in value):
+            elif value is not None and (not isinstance(value, (list, set, tuple))
+                                        or not all(isinstance(v, str) for v in value)):
                 raise ValueError(f"{name} must be a regex string or a list of module names, got {value!r}")
+        layers = self.layers_to_transform
+        if layers is not None and not _is_int(layers) and (
+                not isinstance(layers, (list, tuple)) or not all(_is_int(i) for i in layers)):
+            raise ValueError(f"layers_to_transform must be a layer index or a list of them, got {layers!r}")
+        pattern = self.layers_pattern
+        if pattern is not None and not isinstance(pattern, str) and (
+                not isinstance(pattern, (list, tuple)) or not all(isinstance(p, str) for p in pattern)):
+            raise ValueError(f"layers_pattern must be a name or a list of names, got {pattern!r}")
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str) or not all(isinstance(m, str) for m in self.modules_to_save):
                 raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
