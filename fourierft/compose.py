@@ -15,7 +15,6 @@ PEFT-compatible adapter; otherwise it has ``entry_sampling="stored"`` (entries s
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from peft.utils.other import ModulesToSaveWrapper
@@ -68,7 +67,10 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
     changes for unknown/duplicate names, a weight count that differs, non-finite weights, an existing
     ``adapter_name`` or adapters that train biases.
     """
-    tuner = getattr(tuner, "base_model", tuner)
+    from peft import PeftModel
+
+    if isinstance(tuner, PeftModel):  # a tuner's own ``base_model`` is the transformers model's, never unwrap it
+        tuner = tuner.base_model
     adapters = [adapters] if isinstance(adapters, str) else list(adapters)
     weights = [weights] if isinstance(weights, (int, float)) else list(weights)
     _check_args(tuner, adapters, weights, adapter_name)
@@ -94,10 +96,12 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
         for name in plan
     )
     n = max(sizes.values(), key=list(sizes.values()).count)  # the most common size; the rest by pattern
+    # pattern keys are the full module names, unescaped: PEFT matches them as `(.*\.)?key$` and looks the size up by
+    # the key itself, fourierft also by equality; an escaped name would not equal the module name.
     config = derive_config(
         first, scaling=scaling, ifft2_norm="backward", alpha=None, n_frequency=n, target_modules=set(plan),
         exclude_modules=None, layers_to_transform=None,
-        layers_pattern=None, n_frequency_pattern={re.escape(k): v for k, v in sizes.items() if v != n},
+        layers_pattern=None, n_frequency_pattern={k: v for k, v in sizes.items() if v != n},
         modules_to_save=sorted({m for a in adapters for m in tuner.peft_config[a].modules_to_save or []}) or None,
         entry_sampling="uniform" if regenerable else "stored", frequency_center=None, frequency_width=None,
         init_weights=True, inference_mode=all(tuner.peft_config[a].inference_mode for a in adapters),

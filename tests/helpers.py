@@ -173,3 +173,13 @@ def fourierft_layers_of(model: nn.Module) -> tuple[list[nn.Module], list[nn.Modu
     mods = list(model.modules())
     return ([m for m in mods if isinstance(m, fourierft.FourierFTLayer)],
             [m for m in mods if isinstance(m, PeftLayer)])
+
+
+def dw64(layer: nn.Module, adapter: str = "default") -> torch.Tensor:
+    """``dW`` of one adapter of a fourierft layer from the float64 cosine sum (independent of the FFT):
+    ``(out_features, in_features)`` float64."""
+    from fourierft.spectral import delta_weight_cos
+
+    rows, cols = layer.entries(adapter)
+    return delta_weight_cos(layer.fourierft_spectrum[adapter], rows.cpu(), cols.cpu(), layer.out_features,
+                            layer.in_features, layer.scaling(adapter))

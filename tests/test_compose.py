@@ -1,4 +1,5 @@
-"""add_weighted_adapter: dW is exactly the weighted sum (float64 cosine formula), savable and loadable."""
+"""add_weighted_adapter (reached through PEFT's attribute forwarding): dW is exactly the weighted sum (float64
+cosine formula) on the union of entries; PEFT-loadable when the entries allow, else stored entries that round-trip."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 import peft
 import pytest
 import torch
+from peft.utils.other import ModulesToSaveWrapper
 
 import fourierft
-from fourierft.spectral import delta_weight_cos
-from helpers import assert_close, build, output
+from fourierft.spectral import delta_weight
+from helpers import assert_close, build, dw64, output, peft_own_layers
 
 
 def cfg(**kw):
@@ -30,9 +32,8 @@ def reference_dw(layer, adapters, weights):
     """``sum_i w_i dW_i`` in float64 from the cosine formula."""
     total = torch.zeros(layer.out_features, layer.in_features, dtype=torch.float64)
     for a, w in zip(adapters, weights):
-        if a in layer.fourierft_adapters:
-            ad = layer.fourierft_adapters[a]
-            total += w * delta_weight_cos(ad.spectrum, ad.rows, ad.cols, ad.out_features, ad.in_features, ad.scaling)
+        if a in layer.fourierft_spectrum:
+            total += w * dw64(layer, a)
     return total
 
 
@@ -52,13 +53,22 @@ def test_weighted_sum_is_exact_with_union_of_entries():
     model.add_weighted_adapter(["a", "b"], weights, "ab")
     assert model.active_adapters == ["a"]  # not made active
     config = model.peft_config["ab"]
-    assert config.entry_sampling == "stored" and config.peft_type == "FOURIERFT_STORED_ENTRIES"
-    for lname, layer in model.base_model.fourierft_layers():
-        new = layer.fourierft_adapters["ab"]
+    assert config.entry_sampling == "stored" and config.to_dict()["peft_type"] == "FOURIERFT_STORED_ENTRIES"
+    layers = model.base_model.fourierft_layers()
+    assert {n.rsplit(".", 1)[1] for n, layer in layers if "ab" in layer.fourierft_spectrum} == {
+        "q_proj", "v_proj", "down_proj"}  # layers of only one adapter get that adapter's share
+    for lname, layer in layers:
+        rows, cols = layer.entries("ab")
+        got = delta_weight(layer.fourierft_spectrum["ab"], rows, cols, layer.out_features, layer.in_features,
+                           layer.scaling("ab"), torch.float64)
         want = reference_dw(layer, ["a", "b"], weights)
-        torch.testing.assert_close(new.delta_weight(torch.float64), want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
-        sizes = [layer.fourierft_adapters[a].n_frequency for a in "ab" if a in layer.fourierft_adapters]
-        assert max(sizes) <= new.n_frequency <= sum(sizes)  # union: shared entries counted once
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+        torch.testing.assert_close(dw64(layer, "ab"), want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+        sizes = [layer.fourierft_n_frequency[a] for a in "ab" if a in layer.fourierft_spectrum]
+        new_n = layer.fourierft_n_frequency["ab"]
+        assert max(sizes) <= new_n <= sum(sizes) and layer.fourierft_spectrum["ab"].numel() == new_n
+        flat = rows * layer.in_features + cols
+        assert flat.unique().numel() == new_n  # union: shared entries counted once
     model.set_adapter("ab")
     assert_close(output(model, "llama"), output(merged_reference("llama", model, ["a", "b"], weights), "llama"))
 
@@ -72,9 +82,15 @@ def test_stored_adapter_saves_loads_and_peft_refuses(tmp_path):
     saved = json.loads((tmp_path / "ab" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "FOURIERFT_STORED_ENTRIES" and saved["entry_sampling"] == "stored"
     loaded = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab")
+    assert isinstance(loaded, peft.PeftModel) and not loaded.training
     torch.testing.assert_close(output(loaded, "llama"), expected, rtol=0, atol=0)
-    # PEFT does not know the type: it refuses instead of regenerating other entries
-    with pytest.raises((KeyError, ValueError), match="FOURIERFT_STORED_ENTRIES"):
+    # and into a model holding other adapters, through PEFT's load_adapter
+    other = two_adapters()
+    other.load_adapter(tmp_path / "ab", adapter_name="ab")
+    other.set_adapter("ab")
+    torch.testing.assert_close(output(other.eval(), "llama"), expected, rtol=0, atol=0)
+    # PEFT without fourierft does not know the type: it refuses instead of regenerating other entries
+    with peft_own_layers(), pytest.raises((KeyError, ValueError), match="FOURIERFT_STORED_ENTRIES"):
         peft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab")
 
 
@@ -84,10 +100,13 @@ def test_same_entries_stay_peft_compatible(tmp_path):
     model.add_weighted_adapter(["a", "b"], [1.0, 3.0], "ab")
     assert model.peft_config["ab"].entry_sampling == "uniform"
     for _, layer in model.base_model.fourierft_layers():
-        assert torch.equal(layer.fourierft_adapters["ab"].rows, layer.fourierft_adapters["a"].rows)
+        assert torch.equal(layer.fourierft_indices["ab"], layer.fourierft_indices["a"])
     model.set_adapter("ab")
     model.save_pretrained(tmp_path, selected_adapters=["ab"])
-    theirs = peft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab").eval()
+    assert json.loads((tmp_path / "ab" / "adapter_config.json").read_text())["peft_type"] == "FOURIERFT"
+    with peft_own_layers():  # PEFT's own FourierFT layers load it
+        theirs = peft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab").eval()
+    assert not any(isinstance(m, fourierft.FourierFTLayer) for m in theirs.modules())
     assert_close(output(theirs, "llama"), output(model, "llama"))
     assert_close(output(model, "llama"), output(merged_reference("llama", model, ["a", "b"], [1.0, 3.0]), "llama"))
 
@@ -100,7 +119,7 @@ def test_heads_combine_as_deltas():
             if ".modules_to_save." in n:
                 p.add_(torch.randn_like(p))
     model.add_weighted_adapter(["a", "b"], [0.25, 0.5], "ab")
-    wrapper = next(w for _, w in model.base_model.saved_modules())
+    wrapper = next(m for m in model.modules() if isinstance(m, ModulesToSaveWrapper))
     orig = wrapper.original_module.weight.double()
     want = orig + 0.25 * (wrapper.modules_to_save["a"].weight.double() - orig) + 0.5 * (
         wrapper.modules_to_save["b"].weight.double() - orig)
