@@ -1,4 +1,5 @@
-"""LoRA export: exact factors (float64 formula), checkpoints the real PEFT loads with the same logits."""
+"""LoRA export (``fourierft.export_lora``): exact factors (float64 formula), checkpoints the real PEFT loads with the
+same logits (LLaMA, GPT-2 Conv1D, BERT classification with a trained head and biases, an MLP with modules_to_save)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import fourierft
 import fourierft.export
 from fourierft.export import exact_factors
 from fourierft.spectral import delta_weight_cos
-from helpers import assert_close, build, inputs, output
+from helpers import assert_close, build, dw64, inputs, output
 
 
 @pytest.mark.parametrize("d1,d2,n", [(4, 6, 24), (7, 5, 12), (16, 10, 9)])
@@ -28,6 +29,7 @@ def test_exact_factors_reproduce_the_cosine_formula(d1, d2, n):
 def make(name, **kw):
     torch.manual_seed(0)
     model = fourierft.get_peft_model(build(name), fourierft.FourierFTConfig(**kw)).eval()
+    assert isinstance(model, peft.PeftModel)
     with torch.no_grad():  # trained-looking heads and biases, so a missed tensor shows in the logits
         for n, p in model.named_parameters():
             if p.requires_grad and "spectrum" not in n:
@@ -46,11 +48,17 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_exact_export_loads_in_peft_with_the_same_logits(name, tmp_path):
     ours = make(name, **CASES[name])
-    report = ours.export_lora(tmp_path)
+    report = fourierft.export_lora(ours, tmp_path)
     assert report.max_relative_error < 1e-6
     assert all(r <= 2 * 40 for r in report.ranks.values())
     loaded = peft.PeftModel.from_pretrained(build(name), tmp_path).eval()
     assert isinstance(loaded.peft_config["default"], peft.LoraConfig)
+    # each layer's LoRA dW is the float64 formula's dW (independent of our FFT and of the export's own check)
+    for lname, layer in ours.base_model.fourierft_layers():
+        want = dw64(layer)
+        got = loaded.base_model.model.get_submodule(lname).get_delta_weight("default").double()
+        got = got.T if getattr(layer, "fan_in_fan_out", False) else got
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     assert_close(output(loaded, name), output(ours, name), rtol=1e-5)
     # and it is not the base model's output
     assert not torch.allclose(output(loaded, name), output(build(name), name), atol=1e-3)
@@ -58,12 +66,11 @@ def test_exact_export_loads_in_peft_with_the_same_logits(name, tmp_path):
 
 def test_truncated_export_reports_the_svd_error(tmp_path):
     ours = make("llama", target_modules=["q_proj"], n_frequency=40)
-    report = ours.export_lora(tmp_path, rank=3)
+    report = fourierft.export_lora(ours, tmp_path, rank=3)
     assert set(report.ranks.values()) == {3}
     loaded = peft.PeftModel.from_pretrained(build("llama"), tmp_path).eval()
     for name, layer in ours.base_model.fourierft_layers():
-        a = layer.fourierft_adapters["default"]
-        dw = delta_weight_cos(a.spectrum, a.rows, a.cols, a.out_features, a.in_features, a.scaling)
+        dw = dw64(layer)
         s = torch.linalg.svdvals(dw)
         eckart_young = (s[3:].square().sum().sqrt() / s.square().sum().sqrt()).item()
         assert report.relative_errors[name] == pytest.approx(eckart_young, rel=1e-4, abs=1e-7)
@@ -75,9 +82,9 @@ def test_truncated_export_reports_the_svd_error(tmp_path):
 def test_config_and_errors(tmp_path):
     ours = make("gpt2", **CASES["gpt2"])
     with pytest.raises(ValueError, match="unknown adapter"):
-        ours.export_lora(tmp_path / "x", adapter_name="nope")
+        fourierft.export_lora(ours, tmp_path / "x", adapter_name="nope")
     with pytest.raises(ValueError, match="rank"):
-        ours.export_lora(tmp_path / "x", rank=0)
+        fourierft.export_lora(ours, tmp_path / "x", rank=0)
     assert not os.path.exists(tmp_path / "x")
     fourierft.export.export_lora(ours, tmp_path / "y")
     config = json.loads((tmp_path / "y" / "adapter_config.json").read_text())
@@ -87,7 +94,10 @@ def test_config_and_errors(tmp_path):
 
 def test_mlp_modules_to_save(tmp_path):
     ours = make("mlp", target_modules=["lin0"], n_frequency=30, modules_to_save=["lin1"])
-    ours.export_lora(tmp_path)
+    fourierft.export_lora(ours, tmp_path)
     loaded = peft.PeftModel.from_pretrained(build("mlp"), tmp_path).eval()
     assert_close(output(loaded, "mlp"), output(ours, "mlp"), rtol=1e-5)
+    # the trained head is in the export: without it the logits differ
+    assert not torch.allclose(output(loaded, "mlp"), output(build("mlp"), "mlp"), atol=1e-3)
+    assert isinstance(loaded.base_model.model.lin1, peft.utils.other.ModulesToSaveWrapper)
     assert inputs("mlp")["X"].shape[0] == 9
