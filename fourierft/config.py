@@ -93,6 +93,11 @@ class FourierFTConfig(peft.FourierFTConfig):
                                        or not 0 < self.alpha <= 1):
             raise ValueError(f"alpha must be a number in (0, 1] (the fraction of entries trained), got {self.alpha!r}")
         check_sampling_fields(self.entry_sampling, self.frequency_center, self.frequency_width)
+        # A valid config of ours registers fourierft: code that hands it to peft.get_peft_model itself (TRL's
+        # SFTTrainer(peft_config=...)) must get our layers, or PEFT's would drop ifft2_norm/alpha/entry_sampling.
+        from .registry import register
+
+        register()
 
     def _check_patterns(self) -> None:
         for name in ("target_modules", "exclude_modules"):
