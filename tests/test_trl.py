@@ -1,0 +1,111 @@
+"""TRL's ``SFTTrainer`` trains and saves fourierft models as it does PEFT's own FourierFT.
+
+Reference: PEFT's FourierFT (``fourierft.unregister()`` then ``peft.get_peft_model``) under the same SFTTrainer,
+data and seeds. A tiny tied-embedding Llama (random weights), a word-level tokenizer built in memory, plain-text and
+chat datasets from ``datasets.Dataset.from_dict``; no network. SFTConfig's defaults are kept where the CPU allows
+(``gradient_checkpointing=True`` among them, so PEFT's ``enable_input_require_grads`` path runs on frozen
+embeddings). Tolerances as in ``test_trainer.py`` (float32, another summation order: 1e-5 relative).
+"""
+
+from __future__ import annotations
+
+import datasets
+import peft
+import pytest
+import torch
+import transformers as tf
+import trl
+from tokenizers import Tokenizer, models, pre_tokenizers
+from test_trainer import base_model, check_adapter_dir, logits, losses, offline, peft_own, spectra, wrap  # noqa: F401
+
+import fourierft
+from fourierft.layer import FourierFTLayer
+
+WORDS = "the a cat dog sat ran on under mat log big small red blue and then user assistant :".split()
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+
+
+def tokenizer() -> tf.PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    out = tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+def sentences(n: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 10, (n,), generator=g).tolist()
+    return [" ".join(WORDS[i] for i in torch.randint(0, 16, (k,), generator=g).tolist()) for k in lengths]
+
+
+def dataset(kind: str, n: int = 12) -> datasets.Dataset:
+    if kind == "text":
+        return datasets.Dataset.from_dict({"text": sentences(n, 0)})
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in zip(sentences(n, 1), sentences(n, 2))]
+    return datasets.Dataset.from_dict({"messages": chats})
+
+
+def sft(model, out: str, kind: str, peft_config=None, **kw) -> trl.SFTTrainer:
+    args = dict(output_dir=out, max_steps=4, per_device_train_batch_size=2, learning_rate=5e-2, logging_steps=1,
+                save_steps=2, max_length=32, bf16=False)  # no bf16 on this CPU; SFTConfig's other defaults
+    args.update(kw)
+    return trl.SFTTrainer(model=model, args=trl.SFTConfig(**args), train_dataset=dataset(kind),
+                          processing_class=tokenizer(), peft_config=peft_config)
+
+
+@pytest.mark.parametrize("kind", ["text", "chat"])
+def test_sft_trainer_matches_peft_saves_an_adapter_both_load(kind, tmp_path):
+    ours, theirs = wrap("llama", ours=True), wrap("llama", ours=False)
+    before = spectra(ours)
+    tr_ours = sft(ours, str(tmp_path / "ours"), kind)
+    tr_ours.train()
+    assert tr_ours.args.gradient_checkpointing and ours.get_base_model().is_gradient_checkpointing
+    tr_theirs = sft(theirs, str(tmp_path / "theirs"), kind)
+    tr_theirs.train()
+    ours_l, theirs_l = losses(tr_ours), losses(tr_theirs)
+    assert len(ours_l) == 4 and len(set(ours_l)) > 1
+    assert ours_l == pytest.approx(theirs_l, rel=1e-5, abs=0)
+    assert all(not torch.equal(before[k], v) for k, v in spectra(ours).items())  # gradients reached every layer
+    for step in (2, 4):
+        check_adapter_dir(str(tmp_path / "ours" / f"checkpoint-{step}"), ours)
+
+    tr_ours.save_model()
+    check_adapter_dir(str(tmp_path / "ours"), ours)
+    ids = torch.tensor([tokenizer()("the cat sat on the mat and then the dog ran")["input_ids"]])
+    trained = logits(ours, ids)
+    with peft_own():
+        by_peft = peft.PeftModel.from_pretrained(base_model("llama"), str(tmp_path / "ours"))
+    assert not any(isinstance(m, FourierFTLayer) for m in by_peft.modules())
+    by_ours = fourierft.PeftModel.from_pretrained(base_model("llama"), str(tmp_path / "ours"))
+    assert any(isinstance(m, FourierFTLayer) for m in by_ours.modules())
+    torch.testing.assert_close(logits(by_ours, ids), trained, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(by_peft, ids), trained, rtol=1e-5, atol=1e-5)
+    assert (trained - logits(base_model("llama"), ids)).abs().max() > 1e-2
+
+
+def test_sft_trainer_given_a_fourierft_config_builds_fourierft_layers(tmp_path):
+    """``SFTTrainer(model=base, peft_config=fourierft.FourierFTConfig(...))`` calls ``peft.get_peft_model`` itself,
+    possibly before anything of fourierft registered: the config must still get fourierft's layers, or a
+    math-changing field (here ``ifft2_norm="ortho"``) would be dropped by PEFT's tuner and saved as if applied."""
+    was = fourierft.is_registered()
+    fourierft.unregister()  # as in a fresh process that imported fourierft only for its config
+    try:
+        config = fourierft.FourierFTConfig(n_frequency=24, scaling=1.0, target_modules=["q_proj", "v_proj"],
+                                           ifft2_norm="ortho", random_loc_seed=7)
+        tr = sft(base_model("llama"), str(tmp_path), "text", peft_config=config, max_steps=2, save_strategy="no")
+    finally:
+        (fourierft.register if was else fourierft.unregister)()
+    layers = [m for m in tr.model.modules() if isinstance(m, FourierFTLayer)]
+    assert isinstance(tr.model, peft.PeftModel) and len(layers) == 4
+    tr.train()
+    for layer in layers:  # dW = Re(ifft2(S, norm="ortho")), in float64 from the layer's coefficients and entries
+        rows, cols = layer.entries("default")
+        dense = torch.zeros(layer.out_features, layer.in_features, dtype=torch.complex128)
+        dense[rows, cols] = layer.fourierft_spectrum["default"].detach().double().to(torch.complex128)
+        want = torch.fft.ifft2(dense, norm="ortho").real
+        torch.testing.assert_close(layer.get_delta_weight("default").double(), want, rtol=1e-5, atol=1e-7)
+    tr.save_model()
+    check_adapter_dir(str(tmp_path), tr.model)
