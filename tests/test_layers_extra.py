@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fourierft
-from fourierft.layers_extra import embedding_rows
-from fourierft.spectral import delta_weight_cos
-from helpers import VOCAB, assert_close, build
+from fourierft.layers_extra import embedding_delta
+from helpers import VOCAB, assert_close, build, dw64, peft_own_layers
 
 
 class TinyCNN(nn.Module):
@@ -35,12 +34,7 @@ def images(n=3):
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(2))
 
 
-def dw64(layer, name="default"):
-    a = layer.fourierft_adapters[name]
-    return delta_weight_cos(a.spectrum, a.rows, a.cols, a.out_features, a.in_features, a.scaling)
-
-
-def test_conv2d_forward_is_conv_with_w_plus_dw_and_merges():
+def test_conv2d_forward_is_conv_with_w_plus_dw_and_merges(tmp_path):
     model = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["patch", "conv"],
                                                                       n_frequency=30, scaling=50.0)).eval()
     ref = cnn().double()
@@ -58,6 +52,13 @@ def test_conv2d_forward_is_conv_with_w_plus_dw_and_merges():
         model.unmerge_adapter()
         assert_close(model(x), out)
         assert_close(model.base_model.model.patch.base_layer.weight, cnn().patch.weight)
+        model.save_pretrained(tmp_path)
+        loaded = fourierft.PeftModel.from_pretrained(cnn(), tmp_path)
+        assert isinstance(loaded.base_model.model.conv, fourierft.Conv2d)
+        torch.testing.assert_close(loaded(x), out, rtol=0, atol=0)
+        merged = loaded.merge_and_unload()
+        assert type(merged.patch) is nn.Conv2d and type(merged.conv) is nn.Conv2d
+        assert_close(merged(x), out)
 
 
 def test_patch_embedding_equals_the_linear_layer_on_unfolded_patches():
@@ -70,10 +71,11 @@ def test_patch_embedding_equals_the_linear_layer_on_unfolded_patches():
     cfg = dict(n_frequency=40, random_loc_seed=5)
     wrap = lambda m: fourierft.get_peft_model(nn.Sequential(m), fourierft.FourierFTConfig(target_modules=["0"], **cfg))
     conv_model, lin_model = wrap(conv), wrap(linear)
-    conv_adapter, lin_adapter = (m.base_model.model[0].fourierft_adapters["default"] for m in (conv_model, lin_model))
-    assert torch.equal(conv_adapter.rows, lin_adapter.rows) and torch.equal(conv_adapter.cols, lin_adapter.cols)
+    conv_layer, lin_layer = (m.base_model.model[0] for m in (conv_model, lin_model))
+    assert isinstance(conv_layer, fourierft.Conv2d) and isinstance(lin_layer, fourierft.Linear)
+    assert all(torch.equal(a, b) for a, b in zip(conv_layer.entries("default"), lin_layer.entries("default")))
     with torch.no_grad():
-        lin_adapter.spectrum.copy_(conv_adapter.spectrum)
+        lin_layer.fourierft_spectrum["default"].copy_(conv_layer.fourierft_spectrum["default"])
     x = images()
     patches = F.unfold(x, kernel_size=4, stride=4).transpose(1, 2)  # (N, 16 patches, 48)
     with torch.no_grad():
@@ -85,17 +87,23 @@ def test_patch_embedding_equals_the_linear_layer_on_unfolded_patches():
 def test_embedding_rows_match_the_dense_formula_and_its_gradient():
     emb = nn.Embedding(50, 12)
     model = fourierft.get_peft_model(nn.Sequential(emb), fourierft.FourierFTConfig(target_modules=["0"], n_frequency=25))
-    adapter = model.base_model.model[0].fourierft_adapters["default"]
+    layer = model.base_model.model[0]
+    assert isinstance(layer, fourierft.Embedding)
+    spectrum = layer.fourierft_spectrum["default"]
     ids = torch.tensor([[3, 7, 3, 49], [0, 7, 11, 25]])
-    rows = embedding_rows(adapter, ids)
-    dense = dw64(model.base_model.model[0])
+    rows = embedding_delta(spectrum, *layer.entries("default"), 50, 12, layer.scaling("default"), ids)
+    dense = dw64(layer)
     torch.testing.assert_close(rows.double(), dense[ids], rtol=1e-5, atol=1e-5 * dense.abs().max().item())
     g = torch.randn(rows.shape)
     (rows * g).sum().backward()
-    grad = adapter.spectrum.grad.clone()
-    adapter.spectrum.grad = None
-    (F.embedding(ids, adapter.delta_weight()) * g).sum().backward()
-    torch.testing.assert_close(grad, adapter.spectrum.grad, rtol=1e-4, atol=1e-4)
+    grad = spectrum.grad.clone()
+    spectrum.grad = None
+    (F.embedding(ids, layer.get_delta_weight("default")) * g).sum().backward()
+    torch.testing.assert_close(grad, spectrum.grad, rtol=1e-4, atol=1e-4)
+    # the layer's own forward is the base lookup plus these rows
+    spectrum.grad = None
+    with torch.no_grad():
+        assert_close(layer(ids), emb(ids) + rows.detach())
 
 
 def llama_with_embeddings(**kw):
@@ -113,16 +121,23 @@ def test_embedding_in_a_model_forward_merge_save_load(tmp_path):
         got = model.base_model.model.model.embed_tokens(ids)
         assert_close(got, F.embedding(ids, emb.base_layer.weight.double() + dw64(emb)).float())
         out = model(input_ids=ids).logits
+        # saved first: PEFT saves a targeted embedding's base weight too (save_embedding_layers), and merge +
+        # unmerge leave float rounding in it
+        model.save_pretrained(tmp_path)
         model.merge_adapter()
         assert_close(model(input_ids=ids).logits, out)
         model.unmerge_adapter()
-        model.save_pretrained(tmp_path)
+        assert_close(model(input_ids=ids).logits, out)
         loaded = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
+        assert isinstance(loaded.base_model.model.model.embed_tokens, fourierft.Embedding)
         torch.testing.assert_close(loaded(input_ids=ids).logits, out, rtol=0, atol=0)
+        merged = loaded.merge_and_unload()
+        assert type(merged.model.embed_tokens) is nn.Embedding
+        assert_close(merged(input_ids=ids).logits, out)
     import peft
 
-    with pytest.raises(TypeError, match="not supported"):  # PEFT refuses the Embedding target loudly
-        peft.PeftModel.from_pretrained(build("llama"), tmp_path)
+    with peft_own_layers(), pytest.raises((TypeError, ValueError), match="not supported"):
+        peft.PeftModel.from_pretrained(build("llama"), tmp_path)  # PEFT's own FourierFT refuses the Embedding loudly
 
 
 def test_mixed_batches_on_conv_and_embedding():
@@ -159,7 +174,7 @@ def test_targeting_and_refusals():
                                  fourierft.FourierFTConfig(target_modules=["0"], n_frequency=4))
     grouped = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["conv"], n_frequency=8))
     with pytest.raises(ValueError, match="groups=1"):
-        grouped.export_lora("/nonexistent/never-written")
+        fourierft.export_lora(grouped, "/nonexistent/never-written")
 
 
 def test_conv2d_and_embedding_export_to_peft_lora(tmp_path):
@@ -167,12 +182,12 @@ def test_conv2d_and_embedding_export_to_peft_lora(tmp_path):
 
     model = fourierft.get_peft_model(cnn(), fourierft.FourierFTConfig(target_modules=["patch"], n_frequency=30,
                                                                       scaling=50.0)).eval()
-    assert model.export_lora(tmp_path / "cnn").max_relative_error < 1e-6
+    assert fourierft.export_lora(model, tmp_path / "cnn").max_relative_error < 1e-6
     theirs = peft.PeftModel.from_pretrained(cnn(), tmp_path / "cnn").eval()
     with torch.no_grad():
         assert_close(theirs(images()), model(images()))
     lm = llama_with_embeddings()
-    assert lm.export_lora(tmp_path / "lm").max_relative_error < 1e-6
+    assert fourierft.export_lora(lm, tmp_path / "lm").max_relative_error < 1e-6
     theirs = peft.PeftModel.from_pretrained(build("llama"), tmp_path / "lm").eval()
     ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
