@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import fourierft
 from fourierft.quantized import dequantized_weight, quantization_kind
+from helpers import dw64
 
 bnb = pytest.importorskip("bitsandbytes")
 from transformers import BitsAndBytesConfig  # noqa: E402
@@ -75,14 +76,17 @@ def test_adapter_contribution_equals_float_layer(saved_base, quant):
         f_delta = fl(xf) - fl.base_layer(xf)
         # the adapter path is the same code on the same coefficients: equal up to the base matmul's rounding
         torch.testing.assert_close(q_delta, f_delta, rtol=2e-3, atol=2e-3)
-        ref = xin.detach().double() @ fourierft.spectral.delta_weight_cos(
-            ql.fourierft_adapters["default"].spectrum, ql.fourierft_adapters["default"].rows,
-            ql.fourierft_adapters["default"].cols, ql.out_features, ql.in_features, 30.0).T
+        assert isinstance(ql, fourierft.Linear) and ql.scaling("default") == 30.0
+        ref = xin.detach().double() @ dw64(ql).T
         assert ((q_delta.detach().double() - ref).norm() / ref.norm()) < 1e-2
-        (ql(xin).sum()).backward()
-        (fl(xf).sum()).backward()
-        gq = ql.fourierft_adapters["default"].spectrum.grad
-        gf = fl.fourierft_adapters["default"].spectrum.grad
+        # the adapter alone (no base matmul rounding): the float64 formula's
+        torch.testing.assert_close(ql.adapter_output("default", xin).detach().double(), ref, rtol=1e-4, atol=1e-5)
+        g = torch.randn(5, ql.out_features)  # a plain .sum() would give the spectrum a zero gradient (sum_j cos = 0)
+        (ql(xin) * g).sum().backward()
+        (fl(xf) * g).sum().backward()
+        gq = ql.fourierft_spectrum["default"].grad
+        gf = fl.fourierft_spectrum["default"].grad
+        assert gq is not None and gq.abs().sum() > 0
         torch.testing.assert_close(gq, gf, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(xin.grad, xf.grad, rtol=5e-2, atol=5e-2)  # through the quantized base matmul
 
