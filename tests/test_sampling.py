@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import fourierft
 from fourierft.sampling import frequency_biased_entries
-from helpers import build, output
+from helpers import build, output, peft_own_layers
 
 
 def band(d1, d2, center, width):
@@ -74,19 +74,34 @@ def biased_model():
 
 def test_biased_adapter_round_trip_and_peft_refuses(tmp_path):
     model = biased_model()
-    for _, layer in model.base_model.fourierft_layers():
-        a = layer.fourierft_adapters["default"]
-        assert set(zip(a.rows.tolist(), a.cols.tolist())) <= band(a.out_features, a.in_features, 5.0, 4.0)
+    layers = model.base_model.fourierft_layers()
+    assert len(layers) == 4
+    for _, layer in layers:
+        rows, cols = layer.entries("default")
+        got = set(zip(rows.tolist(), cols.tolist()))
+        assert len(got) == 30 and got <= band(layer.out_features, layer.in_features, 5.0, 4.0)
+        assert "default" in layer.fourierft_rows and "default" not in layer.fourierft_indices  # stored, not seeded
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "FOURIERFT_STORED_ENTRIES"
     assert saved["entry_sampling"] == "frequency_biased" and saved["frequency_center"] == 5.0
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     assert any(k.endswith(".fourierft_rows") for k in tensors)
+    assert sum(k.endswith((".fourierft_rows", ".fourierft_cols")) for k in tensors) == 2 * len(layers)
     loaded = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
+    assert isinstance(loaded, peft.PeftModel) and not loaded.training
     torch.testing.assert_close(output(loaded, "llama"), output(model, "llama"), rtol=0, atol=0)
-    with pytest.raises((KeyError, ValueError), match="FOURIERFT_STORED_ENTRIES"):
-        peft.PeftModel.from_pretrained(build("llama"), tmp_path)
+    for (_, ours), (_, back) in zip(layers, loaded.base_model.fourierft_layers()):
+        assert all(torch.equal(a, b) for a, b in zip(ours.entries("default"), back.entries("default")))
+    # the biased entries change the logits: uniform entries from the same seed give others
+    uniform = fourierft.get_peft_model(build("llama"), fourierft.FourierFTConfig(
+        target_modules=["q_proj", "v_proj"], n_frequency=30, random_loc_seed=3)).eval()
+    with torch.no_grad():
+        for (_, u), (_, b) in zip(uniform.base_model.fourierft_layers(), layers):
+            u.fourierft_spectrum["default"].copy_(b.fourierft_spectrum["default"])
+    assert not torch.allclose(output(uniform, "llama"), output(model, "llama"), atol=1e-4)
+    with peft_own_layers(), pytest.raises((KeyError, ValueError), match="FOURIERFT_STORED_ENTRIES"):
+        peft.PeftModel.from_pretrained(build("llama"), tmp_path)  # PEFT alone refuses, never regenerates others
 
 
 def test_broken_stored_entries_are_refused(tmp_path):
@@ -98,3 +113,11 @@ def test_broken_stored_entries_are_refused(tmp_path):
     save_file(tensors, path)
     with pytest.raises(ValueError, match="duplicate"):
         fourierft.PeftModel.from_pretrained(build("llama"), tmp_path)
+    biased_model().save_pretrained(tmp_path / "range")
+    path = tmp_path / "range" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = next(k for k in tensors if k.endswith(".fourierft_cols"))
+    tensors[key][0] = 10_000  # out of range for a 32-wide layer
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match="out of range"):
+        fourierft.PeftModel.from_pretrained(build("llama"), tmp_path / "range")
