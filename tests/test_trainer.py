@@ -31,6 +31,7 @@ from fourierft.layer import FourierFTLayer
 
 VOCAB = 256
 TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj", "down_proj"]}
+TASK_TYPES = {"gpt2": None, "llama": "CAUSAL_LM"}  # PEFT's plain PeftModel and PeftModelForCausalLM
 N_FREQUENCY = 24
 
 
@@ -72,7 +73,8 @@ def base_model(name: str) -> tf.PreTrainedModel:
 
 def wrap(name: str, ours: bool, init_seed: int = 1) -> peft.PeftModel:
     """``base_model(name)`` with a FourierFT adapter: fourierft's layers (``ours``) or PEFT's own."""
-    kw = dict(n_frequency=N_FREQUENCY, scaling=100.0, target_modules=TARGETS[name], random_loc_seed=7)
+    kw = dict(n_frequency=N_FREQUENCY, scaling=100.0, target_modules=TARGETS[name], random_loc_seed=7,
+              task_type=TASK_TYPES[name])
     torch.manual_seed(init_seed)  # PEFT's init_weights=False draws the coefficients from torch's CPU generator
     if ours:
         model = fourierft.get_peft_model(base_model(name), fourierft.FourierFTConfig(**kw))
@@ -98,11 +100,12 @@ def dataset(n: int = 12, length: int = 12) -> datasets.Dataset:
                                        "labels": labels.tolist(), "doc_id": list(range(n))})
 
 
-def trainer(model, out: str, **kw) -> tf.Trainer:
+def trainer(model, out: str, eval_dataset=None, **kw) -> tf.Trainer:
     args = dict(output_dir=out, max_steps=6, per_device_train_batch_size=2, learning_rate=5e-2, logging_steps=1,
                 save_steps=3, report_to="none")
     args.update(kw)
-    return tf.Trainer(model=model, args=tf.TrainingArguments(**args), train_dataset=dataset())
+    return tf.Trainer(model=model, args=tf.TrainingArguments(**args), train_dataset=dataset(),
+                      eval_dataset=eval_dataset)
 
 
 def losses(tr: tf.Trainer, after: int = 0) -> list[float]:
@@ -138,6 +141,8 @@ def check_adapter_dir(path: str, model) -> int:
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_plain_trainer_matches_peft_checkpoints_adapter_sized(name, tmp_path):
     ours, theirs = wrap(name, ours=True), wrap(name, ours=False)
+    assert type(ours) is type(theirs)
+    assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
     before = spectra(ours)
     tr_ours = trainer(ours, str(tmp_path / "ours"), gradient_accumulation_steps=2)
     batch = next(iter(tr_ours.get_train_dataloader()))
@@ -195,6 +200,8 @@ def test_save_model_writes_an_adapter_peft_and_fourierft_load_alike(name, tmp_pa
     torch.testing.assert_close(logits(by_ours, ids), trained, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits(by_peft, ids), trained, rtol=1e-5, atol=1e-5)
     assert (trained - logits(base_model(name), ids)).abs().max() > 1e-2  # the adapter changes the outputs
+    greedy = dict(max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids))
+    assert torch.equal(by_ours.generate(input_ids=ids, **greedy), by_peft.generate(input_ids=ids, **greedy))
 
 
 def test_gradient_checkpointing_with_frozen_embeddings_trains_the_same(tmp_path):
@@ -211,3 +218,40 @@ def test_gradient_checkpointing_with_frozen_embeddings_trains_the_same(tmp_path)
     got, want = spectra(ckpt), spectra(plain)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_autocast_training_matches_peft(tmp_path):
+    """``bf16=True`` (CPU autocast here, as on a GPU): matmuls run in bfloat16 (8-bit mantissa, eps 2**-8), and
+    the two implementations round at different points, so logits differ by ~eps relative; the mean loss over ~100
+    tokens averages that down. We allow 2e-3 relative (a lost adapter or a wrong dtype path moves it by > 1e-2)."""
+    runs = {}
+    for ours in (True, False):
+        model = wrap("llama", ours=ours)
+        tr = trainer(model, str(tmp_path / str(ours)), max_steps=3, save_strategy="no", bf16=True, use_cpu=True)
+        tr.train()
+        runs[ours] = losses(tr)
+        assert all(p.dtype == torch.float32 for p in spectra(model).values())  # autocast keeps the masters fp32
+    assert len(runs[True]) == 3
+    assert runs[True] == pytest.approx(runs[False], rel=2e-3, abs=0)
+
+
+def test_load_best_model_at_end_loads_the_chosen_checkpoint(tmp_path):
+    """``load_best_model_at_end`` reloads the adapter of the best checkpoint into the trained model (PEFT's
+    ``load_adapter``). "Best" is the highest eval loss here, so that it is not the last step's adapter."""
+    model = wrap("llama", ours=True)
+    tr = trainer(model, str(tmp_path), max_steps=4, save_steps=2, eval_strategy="steps", eval_steps=2,
+                 load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True,
+                 eval_dataset=dataset(4))
+    tr.train()
+    evals = [h["eval_loss"] for h in tr.state.log_history if "eval_loss" in h]
+    best = 2 * (1 + evals.index(max(evals)))
+    assert best != 4  # the precondition: the last step's adapter is not the one to be loaded
+    assert tr.state.best_model_checkpoint == str(tmp_path / f"checkpoint-{best}")
+    from safetensors.torch import load_file
+
+    saved = load_file(os.path.join(tr.state.best_model_checkpoint, "adapter_model.safetensors"))
+    got = spectra(model)
+    assert saved.keys() == {k.removesuffix(".default") for k in got}
+    for key, value in saved.items():
+        assert torch.equal(got[key + ".default"], value), key
+    assert all(p.requires_grad for n, p in model.named_parameters() if "fourierft_spectrum" in n)

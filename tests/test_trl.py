@@ -109,3 +109,24 @@ def test_sft_trainer_given_a_fourierft_config_builds_fourierft_layers(tmp_path):
         torch.testing.assert_close(layer.get_delta_weight("default").double(), want, rtol=1e-5, atol=1e-7)
     tr.save_model()
     check_adapter_dir(str(tmp_path), tr.model)
+
+
+def test_dpo_trainer_reference_pass_disables_the_adapter_as_peft_does(tmp_path):
+    """TRL's ``DPOTrainer`` on a PEFT model takes its reference log-probabilities with ``disable_adapter()``; with
+    random initial coefficients the policy differs from the reference at step 1 (nonzero rewards), and losses and
+    rewards equal PEFT's own FourierFT's."""
+    data = datasets.Dataset.from_dict({"prompt": sentences(8, 5), "chosen": [" " + s for s in sentences(8, 6)],
+                                       "rejected": [" " + s for s in sentences(8, 7)]})
+    runs = {}
+    for ours in (True, False):
+        args = trl.DPOConfig(output_dir=str(tmp_path / str(ours)), max_steps=3, per_device_train_batch_size=2,
+                             learning_rate=5e-2, logging_steps=1, save_strategy="no", max_length=32, bf16=False)
+        tr = trl.DPOTrainer(model=wrap("llama", ours=ours), args=args, train_dataset=data,
+                            processing_class=tokenizer())
+        tr.train()
+        runs[ours] = [(h["loss"], h["rewards/chosen"], h["rewards/rejected"]) for h in tr.state.log_history
+                      if "loss" in h]
+    assert len(runs[True]) == 3 and abs(runs[True][0][1]) > 1e-4  # the reference pass ran without the adapter
+    for got, want in zip(runs[True], runs[False]):
+        # rewards are beta * (log-ratio), differences of float32 sums: 1e-5 relative plus 1e-6 absolute near 0
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
