@@ -44,6 +44,7 @@ class Direct(nn.Module):
         super().__init__()
         self.base, self.scaling, self.path = base, scaling, path
         d1, d2 = base.out_features, base.in_features
+        self.out_features, self.in_features = d1, d2
         rows, cols = entries(d1, d2, n)
         dev = base.weight.device
         self.register_buffer("rows", rows.to(dev))
@@ -61,9 +62,10 @@ class Direct(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        w = self.base.weight
+        # Python ints, as layers pass them (shapes read off tensors can turn symbolic under torch.compile)
         return spectral_linear(
-            x, self.spectrum, self.rows, self.cols, w.shape[0], w.shape[1], self.scaling, path=self.path, base=y
+            x, self.spectrum, self.rows, self.cols, self.out_features, self.in_features, self.scaling,
+            path=self.path, base=y,
         )
 
 

@@ -89,7 +89,7 @@ def layer_level(args) -> list[dict]:
     rows, cols = (t.to(dev) for t in entries(d, d, args.n))  # shared: every adapter from one seed
     kmax = max(args.counts)
     spectra = torch.randn(kmax, args.n, device=dev)
-    scalings = torch.full((kmax,), 300.0)
+    scalings = torch.full((kmax,), 300.0, device=dev)
     lora = get_peft_model(nn.Sequential(nn.Linear(d, d, bias=False)).to(dev, dt),
                           LoraConfig(r=16, lora_alpha=32, target_modules=["0"], init_lora_weights=False),
                           adapter_name="a0")

@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def spectral_linear(
     x: torch.Tensor,
     spectrum: torch.Tensor,
@@ -85,7 +88,8 @@ def spectral_linear(
     if path not in _IMPLS and path != "auto":
         raise ValueError(f"unknown FourierFT kernel path {path!r}; allowed: {', '.join(PATHS)}")
     dev = x.device.type
-    if path != "dense" and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+    # a device-type tuple, not torch.amp.is_autocast_available: older dynamo versions break the graph on the latter
+    if path != "dense" and dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
         dtype = torch.get_autocast_dtype(dev)
         if x.dtype == torch.float32 and dtype != torch.float32:
             x = x.to(dtype)

@@ -17,8 +17,6 @@ builds its plan outside graphs) are not picked.
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -117,32 +115,30 @@ def _record(key: tuple, choice: Choice) -> str:
     return choice.path
 
 
-def cuda_timer(path: str, fn: Callable[[], object], repeats: int = 3) -> float:
-    """Median wall seconds of ``fn()`` (one call of ``path``) over ``repeats`` synchronised calls, after a warm-up."""
+def cuda_timer(path: str, fn: Callable[[], object]) -> float:
+    """Seconds of one call ``fn()`` (of ``path``) on the current CUDA stream, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 def _timed_call(path, x, spectrum, rows, cols, out_features, in_features, scaling, training):
-    """One call of ``path`` on detached copies of the inputs (forward, plus backward when training)."""
-    xs = x.detach().clone().requires_grad_(training)
-    cs = spectrum.detach().clone().requires_grad_(training)
-    g = torch.randn(*x.shape[:-1], out_features, device=x.device, dtype=x.dtype) if training else None
+    """One call of ``path`` (forward, plus backward when training, then on detached copies of the inputs)."""
+    if not training:  # inference leaves its inputs alone: no copies (under inference_mode they could not be cached on)
+        return lambda: IMPLS[path](x, spectrum, rows, cols, out_features, in_features, scaling)
+    xs = x.detach().clone().requires_grad_()
+    cs = spectrum.detach().clone().requires_grad_()
+    g = torch.randn(*x.shape[:-1], out_features, device=x.device, dtype=x.dtype)
 
     def call():
         # identity saved-tensor hooks on top of the stack: an enclosing activation checkpoint's hooks must not see
         # (and recompute for) the timing calls
-        with torch.set_grad_enabled(training), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            y = IMPLS[path](xs, cs, rows, cols, out_features, in_features, scaling)
-            if g is not None:
-                y.backward(g)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            xs.grad = cs.grad = None
+            IMPLS[path](xs, cs, rows, cols, out_features, in_features, scaling).backward(g)
 
     return call
 
@@ -159,23 +155,37 @@ def tune(
     training: bool,
     timer: Callable[[str, Callable[[], object]], float] = cuda_timer,
     candidates: tuple[str, ...] = CANDIDATES,
+    rounds: int = 5,
 ) -> str:
     """Measure each candidate path on these inputs, record the fastest for their key and return it.
 
     ``timer(path, fn)`` returns the seconds one call ``fn()`` of ``path`` takes (default :func:`cuda_timer`); each
-    ``fn`` runs the path on detached copies of ``x`` and ``spectrum`` (forward and, when ``training``, backward
-    with a random upstream gradient), so the caller's tensors and graph are untouched. A candidate that fails
-    (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``; the key is
+    ``fn`` runs the path once (when ``training``: forward and backward with a random upstream gradient, on
+    detached copies of ``x`` and ``spectrum``, so the caller's tensors and graph are untouched). Each candidate
+    is called once untimed, then timed ``rounds`` times interleaved with the others; the best time counts. A
+    candidate that fails (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``; the key is
     ``(device, out_features, in_features, n, x.dtype, training)``.
     """
     key = path_key(x, out_features, in_features, spectrum.shape[0], training)
-    seconds: dict[str, float] = {}
-    for path in candidates:
+    calls = {}
+    for path in candidates:  # a warm-up call each (bases, plans, library heuristics), untimed
         try:
             fn = _timed_call(path, x, spectrum, rows, cols, out_features, in_features, scaling, training)
-            seconds[path] = float(timer(path, fn))
+            fn()
+            calls[path] = fn
         except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
             logger.debug("fourierft: %s skipped while tuning %s: %s", path, key, err)
+    seconds: dict[str, float] = {}
+    for _ in range(rounds):  # interleaved, so that a clock ramp or a neighbour's load hits every candidate alike
+        for path, fn in list(calls.items()):
+            try:
+                t = float(timer(path, fn))
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+                logger.debug("fourierft: %s skipped while tuning %s: %s", path, key, err)
+                calls.pop(path)
+                seconds.pop(path, None)
+                continue
+            seconds[path] = min(seconds.get(path, t), t)  # the best of the rounds: noise only ever adds time
     if not seconds:
         raise RuntimeError(f"fourierft: no candidate path ran for {key}; force one with path=...")
     return _record(key, Choice(_fastest(seconds, candidates), "measured", seconds))
@@ -210,6 +220,8 @@ def resolve_path(
     """The path ``auto`` runs for this call (see the module docstring)."""
     n = spectrum.shape[0]
     if torch.compiler.is_compiling():
+        # Python ints (as layers pass) make this a trace-time constant; shapes read off tensors under dynamic=True
+        # are symbolic and break the graph here (the choice is then made eagerly)
         return static_path(out_features, in_features, n, str(x.device), x.dtype, training)
     key = path_key(x, out_features, in_features, n, training)
     hit = _choices.get(key)

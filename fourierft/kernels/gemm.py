@@ -45,9 +45,9 @@ def delta_weight_cached(
     entries' contents, shape, scaling, device and dtype on every call, and dies with the spectrum. Returns a
     detached ``(out_features, in_features)`` tensor: for inference and for the gemm path's forward.
     """
-    compiling = torch.compiler.is_compiling()
     key = None
-    if not compiling:
+    # inference tensors (made under torch.inference_mode) carry no version counter: nothing to validate a cache by
+    if not torch.compiler.is_compiling() and not spectrum.is_inference():
         key = (
             spectrum._version,
             index_key(rows),

@@ -45,7 +45,7 @@ def _check(x, spectra, row_adapter, rows, cols, in_features, scalings, path) -> 
             f"row_adapter must be an integer tensor of shape ({x.shape[0]},) (one adapter index per batch row, -1 "
             f"for none); got {row_adapter.dtype} {tuple(row_adapter.shape)}"
         )
-    scal = torch.as_tensor(scalings, dtype=torch.float64)
+    scal = torch.as_tensor(scalings, dtype=torch.float64, device=spectra.device)
     if scal.shape != (spectra.shape[0],):
         raise ValueError(f"scalings must hold one value per adapter ({spectra.shape[0]}); got {tuple(scal.shape)}")
     if row_adapter.device.type == "cpu" and row_adapter.numel() and not torch.compiler.is_compiling():
@@ -74,7 +74,8 @@ def spectral_linear_mixed(
         row_adapter: ``(B,)`` int64 in ``[-1, K)``: the adapter of each batch row; ``-1`` rows get zeros.
         rows, cols: ``(n,)`` int64 entries shared by the K adapters, on ``x``'s device.
         out_features, in_features: ``d1, d2``.
-        scalings: ``(K,)`` each adapter's scaling (tensor or floats).
+        scalings: ``(K,)`` each adapter's scaling (a tensor on ``spectra``'s device avoids a host-to-device copy
+            per call; floats are accepted).
         path: ``"lowrank"``, ``"factored"`` (inference only) or ``"auto"`` (lowrank when a gradient is needed or
             under ``torch.compile``, else the cheaper of the two by the flop model).
 
@@ -100,7 +101,7 @@ def spectral_linear_mixed(
     idx = torch.where(row_adapter < 0, k, row_adapter).to(torch.int64)
     idx = idx.repeat_interleave(per_row) if per_row != 1 else idx  # (T,)
     work = torch.float64 if dt == torch.float64 else torch.float32
-    c = spectra.to(work) * (scal.to(spectra.device, work) / d1)[:, None]  # (K, n), O(scaling / d1) values
+    c = spectra.to(work) * (scal.to(work) / d1)[:, None]  # (K, n), O(scaling / d1) values
     if path == "lowrank":
         w = torch.cat([torch.cat([c, -c], 1), c.new_zeros(1, 2 * n)]).to(dt)  # (K + 1, 2n)
         q = x2 @ basis(cols, d2, dt)  # (T, 2n)

@@ -125,3 +125,25 @@ def test_autocast_traces():
         want = model(x)
     assert y.dtype == torch.bfloat16 and counter.graphs == 1
     torch.testing.assert_close(y, want, rtol=2e-2, atol=2e-2)
+
+
+class ShapesFromTensors(Adapted):
+    """Shapes read off tensors (symbolic under ``dynamic=True``) instead of Python ints."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return spectral_linear(x, self.spectrum, self.rows, self.cols, self.base.weight.shape[0], x.shape[-1],
+                               self.scaling, self.path, base=self.base(x))
+
+
+def test_symbolic_shapes_still_compute_right():
+    """Symbolic shapes cannot be looked up at trace time: auto's choice breaks the graph there, still correct."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(ShapesFromTensors(12, 16, 30, 0, "auto", True), ShapesFromTensors(16, 10, 30, 1, "auto", True))
+    compiled = torch.compile(model, backend="eager", dynamic=True)
+    for rows in (3, 5, 7):
+        x = torch.randn(rows, 12)
+        want = grads(model, model, x)
+        got = grads(model, compiled, x)
+        for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -28,15 +28,18 @@ def inputs(grad=True):
 
 
 class FakeTimer:
-    """Runs each candidate once (so a broken path would show) and reports the seconds given for it."""
+    """Runs the candidate's call (so a broken path would show) and reports the seconds given for it: a number, an
+    exception to raise, or a list (one value per round)."""
 
     def __init__(self, seconds):
         self.seconds, self.ran = seconds, []
 
     def __call__(self, path, fn):
         fn()
-        self.ran.append(path)
         value = self.seconds[path]
+        if isinstance(value, list):
+            value = value[self.ran.count(path)]
+        self.ran.append(path)
         if isinstance(value, Exception):
             raise value
         return value
@@ -47,7 +50,7 @@ def test_measured_choice_is_recorded_logged_and_used(monkeypatch, caplog):
     timer = FakeTimer({"lowrank": 3e-3, "gemm": 2e-3, "factored": 1e-3})
     with caplog.at_level(logging.INFO, logger="fourierft"):
         assert tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer) == "factored"
-    assert timer.ran == ["lowrank", "gemm", "factored"]
+    assert timer.ran == ["lowrank", "gemm", "factored"] * 5  # interleaved rounds
     assert x.grad is None and c.grad is None  # the timing calls ran on copies
     key = ("cpu", D1, D2, N, torch.float32, True)
     choice = path_choices()[key]
@@ -68,6 +71,28 @@ def test_measured_choice_is_recorded_logged_and_used(monkeypatch, caplog):
         spectral_linear(x, c, rows, cols, D1, D2, 2.0)
     infer = path_choices()[("cpu", D1, D2, N, torch.float32, False)]
     assert infer.how == "flop model" and infer.path == K.choose_path(D1, D2, N, device_type="cpu", training=False)
+
+
+def test_best_round_counts():
+    """A slow first round (clock ramp, a neighbour's load) does not decide: the best of the rounds does."""
+    x, c, rows, cols = inputs()
+    timer = FakeTimer({"lowrank": [9e-3, 1e-3, 1e-3], "gemm": [2e-3] * 3, "factored": [3e-3] * 3})
+    assert tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer, rounds=3) == "lowrank"
+    assert path_choices()[("cpu", D1, D2, N, torch.float32, True)].seconds == {
+        "lowrank": 1e-3, "gemm": 2e-3, "factored": 3e-3}
+
+
+def test_inference_tuning_under_inference_mode_times_every_candidate():
+    """Under torch.inference_mode too (the gemm path's dW cache cannot validate inference tensors)."""
+    x, c, rows, cols = inputs(grad=False)
+    timer = FakeTimer({"lowrank": 3e-3, "gemm": 1e-3, "factored": 2e-3})
+    with torch.inference_mode():
+        assert tune(x, c, rows, cols, D1, D2, 2.0, training=False, timer=timer) == "gemm"
+        xi, ci = x.clone(), c.clone()  # inference tensors themselves
+        assert tune(xi, ci, rows, cols, D1, D2, 2.0, training=False, timer=timer) == "gemm"
+        y = spectral_linear(xi, ci, rows, cols, D1, D2, 2.0)
+    ry, _, _ = reference(x, torch.zeros(6, D1), c, rows, cols, D1, D2, 2.0)
+    assert rel(y, ry) < 1e-5
 
 
 def test_failing_candidate_is_skipped():
