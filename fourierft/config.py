@@ -161,11 +161,19 @@ class FourierFTConfig(peft.FourierFTConfig):
         return cls(**{k: v for k, v in kwargs.items() if k != "peft_type"})
 
 
+def matching_pattern(config, key: str) -> str | None:
+    """The first ``n_frequency_pattern`` key matching the module name ``key`` (PEFT's rule), or ``None``."""
+    for pattern in config.n_frequency_pattern or {}:
+        if re.match(rf".*\.{pattern}$", key) or key == pattern:
+            return pattern
+    return None
+
+
 def n_frequency_for(config, key: str, d1: int, d2: int) -> int:
     """See :meth:`FourierFTConfig.n_frequency_for`; also serves PEFT's own config class (no ``alpha`` there)."""
-    for pattern, n in (config.n_frequency_pattern or {}).items():
-        if re.match(rf".*\.{pattern}$", key) or key == pattern:
-            return n
+    pattern = matching_pattern(config, key)
+    if pattern is not None:
+        return config.n_frequency_pattern[pattern]
     alpha = getattr(config, "alpha", None)
     if alpha is not None:
         n = int(alpha * d1 * d2)

@@ -13,6 +13,8 @@ A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
 import warnings
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
+from .config import matching_pattern
 from .layer import Conv2d, Embedding, FourierFTLayer, Linear, n_frequency_of
 from .mixed import adapter_names_hooks, batch_size
 from .quantized import merged_float_linear, quantization_kind
@@ -51,6 +54,42 @@ def layer_class_for(base: nn.Module) -> tuple[type[FourierFTLayer], bool]:
     raise TypeError(
         f"Target module {base} is not supported. FourierFT adapts torch.nn.Linear, transformers' Conv1D, "
         "torch.nn.Conv2d and torch.nn.Embedding (and bitsandbytes/torchao quantized linear layers)")
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    try:
+        layer_class_for(module)
+    except TypeError:
+        return False
+    return True
+
+
+def is_linear(module: nn.Module) -> bool:
+    return is_adaptable(module) and layer_class_for(module)[0] is Linear
+
+
+def is_excluded(config, key: str) -> bool:
+    """PEFT's ``exclude_modules`` rule: a regex matching the whole name, or a name or dotted suffix in a list."""
+    excluded = config.exclude_modules
+    if isinstance(excluded, str):
+        return re.fullmatch(excluded, key) is not None
+    return any(key == e or key.endswith("." + e) for e in excluded or [])
+
+
+def _ancestors(root: nn.Module, sub: str) -> list[nn.Module]:
+    """The modules from ``root`` down to, not including, ``root.get_submodule(sub)``."""
+    parts = sub.split(".")
+    return [root.get_submodule(".".join(parts[:i])) for i in range(len(parts))]
+
+
+def no_match_hint(model: nn.Module, wanted) -> str:
+    """Names of this model's adaptable layers, closest to ``wanted`` first, for a ``target_modules`` that matched
+    nothing."""
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and is_adaptable(m)})
+    asked = [wanted] if isinstance(wanted, str) else sorted(wanted or [])
+    close = sorted({c for a in asked for c in difflib.get_close_matches(a.rsplit(".", 1)[-1], names, n=3)})
+    hint = f"Did you mean {close}? " if close else ""
+    return f"{hint}This model's adaptable layers are named: {names[:30]}"
 
 
 def warn_unmatched(config, module_names: list[str], targeted: list[str]) -> None:
@@ -90,9 +129,16 @@ class FourierFTModel(PeftFourierFTModel):
                        low_cpu_mem_usage: bool = False, state_dict=None) -> None:
         """PEFT's ``inject_adapter``, all or nothing: on any error no layer is wrapped or changed."""
         check_adapter_name(adapter_name)
-        with restoring(self, model) as before:
-            super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
-                                   low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        # PEFT's add_adapter stores the caller's config, then fills in target_modules on it: ours is a copy
+        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        try:
+            with restoring(self, model) as before:
+                super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                                       low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        except ValueError as err:
+            if "not found in the base model" not in str(err):
+                raise
+            raise type(err)(f"{err} {no_match_hint(model, self.peft_config[adapter_name].target_modules)}") from None
         # kept until the adapter's weights are loaded: a load that is refused undoes the injection too
         self._before_injection = (adapter_name, before)
         warn_unmatched(self.peft_config[adapter_name], [n for n, _ in model.named_modules()],
@@ -127,13 +173,42 @@ class FourierFTModel(PeftFourierFTModel):
         if current_key is None:
             raise ValueError("Current Key shouldn't be `None`")
         if isinstance(target, FourierFTLayer):
-            n = n_frequency_of(fourierft_config, current_key, target.get_base_layer(), type(target))
+            n = n_frequency_of(fourierft_config, optional_kwargs.get("n_frequency_key", current_key),
+                               target.get_base_layer(), type(target))
             target.update_layer(adapter_name, n, config=fourierft_config)
             return
-        new_module = self._create_new_module(fourierft_config, adapter_name, target, current_key=current_key)
+        if not is_adaptable(target):
+            inside = self._linear_layers_inside(fourierft_config, target, current_key)
+            if inside:  # a container named as a target ("mlp"): the linear layers inside it
+                for sub, layer in inside:
+                    parent_name, _, name = sub.rpartition(".")
+                    key = f"{current_key}.{sub}"
+                    # n_frequency_pattern is tried on the layer's own name, then on the container's
+                    n_key = key if matching_pattern(fourierft_config, key) is not None else current_key
+                    self._create_and_replace(fourierft_config, adapter_name, layer, name,
+                                             target.get_submodule(parent_name) if parent_name else target, key,
+                                             n_frequency_key=n_key)
+                return
+        try:
+            new_module = self._create_new_module(fourierft_config, adapter_name, target, current_key=current_key,
+                                                 n_frequency_key=optional_kwargs.get("n_frequency_key", current_key))
+        except ValueError as err:
+            raise ValueError(f"layer {current_key!r}: {err}") from None
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trainable until it is made active
         self._replace_module(parent, target_name, new_module, target)
+
+    def _linear_layers_inside(self, config, container: nn.Module, key: str) -> list[tuple[str, nn.Module]]:
+        """``(name inside, layer)`` of the linear layers (or fourierft layers on them, from another adapter) in
+        ``container`` that are neither excluded nor targets by their own names (PEFT reaches those itself)."""
+        found = []
+        for sub, module in container.named_modules():
+            full = f"{key}.{sub}"
+            if (sub and (is_linear(module) or isinstance(module, Linear)) and not is_excluded(config, full)
+                    and not self._check_target_module_exists(config, full)
+                    and not any(isinstance(m, FourierFTLayer) for m in _ancestors(container, sub))):
+                found.append((sub, module))
+        return found
 
     @staticmethod
     def _create_new_module(fourierft_config, adapter_name, target, **kwargs) -> FourierFTLayer:
@@ -143,7 +218,8 @@ class FourierFTModel(PeftFourierFTModel):
         if layer_cls is Linear and fourierft_config.fan_in_fan_out != fan_in_fan_out:
             warnings.warn(f"fan_in_fan_out is set to {fourierft_config.fan_in_fan_out} but the target module is "
                           f"`{type(base).__name__}`: using fan_in_fan_out={fan_in_fan_out} for it.")
-        n = n_frequency_of(fourierft_config, kwargs.get("current_key", ""), base, layer_cls)
+        key = kwargs.get("n_frequency_key", kwargs.get("current_key", ""))  # whose n_frequency_pattern entry applies
+        n = n_frequency_of(fourierft_config, key, base, layer_cls)
         extra = {"fan_in_fan_out": fan_in_fan_out} if layer_cls is Linear else {}
         return layer_cls(target, adapter_name, fourierft_config, n, **extra)
 

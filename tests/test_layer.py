@@ -1,0 +1,156 @@
+"""fourierft's layers, one per base type (Linear, GPT-2's Conv1D through fan_in_fan_out, Conv2d, Embedding), against
+``fourierft.spectral.delta_weight`` in float64 with the entries PEFT draws (``torch.randperm``): forward (adapted minus
+base output), ``get_delta_weight`` orientation, merge and unmerge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+import fourierft
+from fourierft import FourierFTConfig
+from fourierft.spectral import delta_weight, delta_weight_cos
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*fan_in_fan_out.*:UserWarning")
+
+
+class Holder(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def _base(kind: str) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return {"linear": lambda: nn.Linear(12, 7), "conv1d": lambda: Conv1D(7, 12),  # Conv1D(nf=out, nx=in)
+                "conv2d": lambda: nn.Conv2d(3, 5, 3, padding=1, stride=2),
+                "embedding": lambda: nn.Embedding(11, 6)}[kind]()
+
+
+SHAPES = {"linear": (7, 12), "conv1d": (7, 12), "conv2d": (5, 27), "embedding": (11, 6)}  # (d1, d2) of the spectrum
+
+
+def _input(kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    if kind == "conv2d":
+        return torch.randn(2, 3, 6, 6, generator=g)
+    if kind == "embedding":
+        return torch.tensor([[0, 3, 10, 3], [5, 1, 0, 9]])
+    return torch.randn(2, 4, 12, generator=g)
+
+
+def _model(kind: str, **kwargs):
+    config = FourierFTConfig(n_frequency=9, scaling=40.0, target_modules=["layer"], random_loc_seed=31, **kwargs)
+    model = fourierft.get_peft_model(Holder(_base(kind)), config)
+    layer = model.base_model.model.layer
+    with torch.no_grad():  # non-zero coefficients
+        layer.fourierft_spectrum["default"].copy_(torch.randn(9, generator=torch.Generator().manual_seed(3)))
+    return model, layer
+
+
+def _reference_dw(layer, kind: str) -> torch.Tensor:
+    """float64 ``dW`` ``(d1, d2)``, the entries from ``torch.randperm`` as PEFT draws them."""
+    d1, d2 = SHAPES[kind]
+    flat = torch.randperm(d1 * d2, generator=torch.Generator().manual_seed(31))[:9]
+    return delta_weight(layer.fourierft_spectrum["default"].detach(), flat // d2, flat % d2, d1, d2, 40.0,
+                        dtype=torch.float64)
+
+
+def _apply_reference(base: nn.Module, kind: str, dw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What ``dW`` adds to the base layer's output, in float64."""
+    if kind in ("linear", "conv1d"):
+        return x.double() @ dw.T
+    if kind == "conv2d":
+        return nn.functional.conv2d(x.double(), dw.reshape(base.weight.shape), None, base.stride, base.padding)
+    return dw[x]
+
+
+KINDS = list(SHAPES)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_class_entries_and_delta_weight(kind):
+    _, layer = _model(kind)
+    assert type(layer) is {"linear": fourierft.Linear, "conv1d": fourierft.Linear, "conv2d": fourierft.Conv2d,
+                           "embedding": fourierft.Embedding}[kind]
+    d1, d2 = SHAPES[kind]
+    flat = torch.randperm(d1 * d2, generator=torch.Generator().manual_seed(31))[:9]
+    rows, cols = layer.entries("default")
+    assert torch.equal(rows, flat // d2) and torch.equal(cols, flat % d2)  # bit-exact, permutation order kept
+    dw = layer.get_delta_weight("default")
+    assert dw.shape == (d1, d2) and dw.dtype == torch.float32  # PEFT's (out, in) orientation, also for Conv1D
+    torch.testing.assert_close(dw.double(), delta_weight_cos(layer.fourierft_spectrum["default"], rows, cols, d1, d2,
+                                                             40.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_adds_delta_weight(kind):
+    _, layer = _model(kind)
+    x = _input(kind)
+    with torch.no_grad():
+        got = layer(x).double() - layer.get_base_layer()(x).double()
+    expected = _apply_reference(layer.get_base_layer(), kind, _reference_dw(layer, kind), x)
+    scale = expected.abs().max().item()
+    assert scale > 1e-2  # the adapter does something
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_merge_and_unmerge_are_exact(kind):
+    model, layer = _model(kind)
+    x = _input(kind)
+    w0 = layer.get_base_layer().weight.detach().clone()
+    with torch.no_grad():
+        unmerged = model(x)
+    model.merge_adapter()
+    dw = _reference_dw(layer, kind)
+    as_weight = (lambda d: d.T) if kind == "conv1d" else (lambda d: d.reshape(w0.shape))  # Conv1D stores (in, out)
+    merged = layer.get_base_layer().weight.detach().clone()
+    # float32, bit for bit: W0 + get_delta_weight() in the weight's layout, one rounding per element
+    assert torch.equal(merged, w0 + as_weight(layer.get_delta_weight("default")))
+    ulp = 2 ** -23 * (w0.abs().max() + dw.abs().max()).item()
+    torch.testing.assert_close(merged.double(), w0.double() + as_weight(dw), rtol=0, atol=4 * ulp)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), unmerged, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.get_base_layer().weight.detach(), w0, rtol=0, atol=ulp)  # (a + b) - b
+    assert not layer.merged
+
+
+def test_conv1d_orientation_follows_the_layer_not_the_config():
+    """GPT-2's Conv1D stores ``(in, out)``: the layer adds ``dW.T`` to it whatever ``fan_in_fan_out`` says (with a
+    warning, as PEFT), and the caller's config keeps what it said."""
+    config = FourierFTConfig(n_frequency=9, target_modules=["layer"], fan_in_fan_out=False)
+    with pytest.warns(UserWarning, match="fan_in_fan_out"):
+        model = fourierft.get_peft_model(Holder(_base("conv1d")), config)
+    layer = model.base_model.model.layer
+    assert layer.fan_in_fan_out and (layer.out_features, layer.in_features) == (7, 12)
+    assert config.fan_in_fan_out is False
+
+
+def test_full_spectrum_of_ones_by_hand():
+    """All ``d1 d2`` coefficients 1: ``ifft2`` of an all-ones spectrum is a unit impulse, so ``dW = scaling`` at
+    ``[0, 0]`` and 0 elsewhere, whatever order the entries are drawn in."""
+    model = fourierft.get_peft_model(nn.Sequential(nn.Linear(3, 4)),
+                                     FourierFTConfig(n_frequency=12, scaling=2.0, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.fourierft_spectrum["default"].fill_(1.0)
+    x = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
+    expected = torch.zeros(2, 4)
+    expected[:, 0] = 2.0 * x[:, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x) - layer.get_base_layer()(x), expected, atol=1e-6, rtol=0)
+
+
+def test_disabled_layer_is_the_base_layer():
+    model, layer = _model("linear")
+    x = _input("linear")
+    with model.disable_adapter(), torch.no_grad():
+        assert torch.equal(layer(x), layer.get_base_layer()(x))
