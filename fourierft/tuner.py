@@ -8,7 +8,9 @@ A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`
 * :meth:`set_compute_path`, :meth:`add_weighted_adapter` (:mod:`fourierft.compose`),
   ``merge_and_unload(dequantize=True)`` for quantized bases;
 * disabling adapters unmerges merged ones first, in the named call, not later inside ``forward``;
-* injecting an adapter is a transaction (:mod:`fourierft.transaction`): if it fails, the model is as it was.
+* injecting an adapter is a transaction (:mod:`fourierft.transaction`): if it fails, the model is as it was;
+* a target naming a container (``"mlp"``) adapts the linear layers inside it (PEFT refuses it); a target that matches
+  nothing is answered with the model's layer names; the caller's config is copied, never filled in.
 """
 
 from __future__ import annotations
