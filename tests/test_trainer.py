@@ -204,14 +204,16 @@ def test_save_model_writes_an_adapter_peft_and_fourierft_load_alike(name, tmp_pa
     assert torch.equal(by_ours.generate(input_ids=ids, **greedy), by_peft.generate(input_ids=ids, **greedy))
 
 
-def test_gradient_checkpointing_with_frozen_embeddings_trains_the_same(tmp_path):
+@pytest.mark.parametrize("kwargs", [None, {"use_reentrant": True}], ids=["default", "reentrant"])
+def test_gradient_checkpointing_with_frozen_embeddings_trains_the_same(kwargs, tmp_path):
     """The Trainer's ``gradient_checkpointing=True`` on a model whose embeddings are frozen: the coefficients still
-    get their gradients (PEFT's ``enable_input_require_grads`` reached through the wrapper) and the same steps."""
+    get their gradients (reentrant checkpointing needs PEFT's ``enable_input_require_grads``, reached through the
+    wrapper) and take the same steps as without checkpointing."""
     plain, ckpt = wrap("llama", ours=True), wrap("llama", ours=True)
     tr_plain = trainer(plain, str(tmp_path / "plain"), max_steps=3, save_strategy="no")
     tr_plain.train()
     tr_ckpt = trainer(ckpt, str(tmp_path / "ckpt"), max_steps=3, save_strategy="no", gradient_checkpointing=True,
-                      gradient_checkpointing_kwargs={"use_reentrant": True})
+                      gradient_checkpointing_kwargs=kwargs)
     tr_ckpt.train()
     assert ckpt.get_base_model().is_gradient_checkpointing
     assert losses(tr_ckpt) == pytest.approx(losses(tr_plain), rel=1e-6, abs=0)
