@@ -169,6 +169,15 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
                 weight.data += delta
                 self.merged_adapters.append(name)
 
+    def check_merge(self, adapter_names: list[str] | None = None) -> None:
+        """Raise ``ValueError`` if merging these (default: active) adapters would put NaN or inf into the weight."""
+        names = [n for n in adapter_names or self.active_adapters
+                 if n in self.fourierft_spectrum and n not in self.merged_adapters]
+        if names and quantization_kind(self.get_base_layer()) is None:
+            merged = self.get_base_layer().weight.detach() + sum(self._weight_delta(n) for n in names)
+            if not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {names[-1]} seems to be broken")
+
     def unmerge(self) -> None:
         """Subtract every merged adapter's ``dW`` again, newest first."""
         if not self.merged:

@@ -66,10 +66,6 @@ def is_adaptable(module: nn.Module) -> bool:
     return True
 
 
-def is_linear(module: nn.Module) -> bool:
-    return is_adaptable(module) and layer_class_for(module)[0] is Linear
-
-
 def is_excluded(config, key: str) -> bool:
     """PEFT's ``exclude_modules`` rule: a regex matching the whole name, or a name or dotted suffix in a list."""
     excluded = config.exclude_modules
@@ -206,7 +202,8 @@ class FourierFTModel(PeftFourierFTModel):
         found = []
         for sub, module in container.named_modules():
             full = f"{key}.{sub}"
-            if (sub and (is_linear(module) or isinstance(module, Linear)) and not is_excluded(config, full)
+            linear = isinstance(module, Linear) or is_adaptable(module) and layer_class_for(module)[0] is Linear
+            if (sub and linear and not is_excluded(config, full)
                     and not self._check_target_module_exists(config, full)
                     and not any(isinstance(m, FourierFTLayer) for m in _ancestors(container, sub))):
                 found.append((sub, module))
@@ -269,10 +266,19 @@ class FourierFTModel(PeftFourierFTModel):
                     layer.unmerge()
         super()._enable_adapter_layers(enabled)
 
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """PEFT's; with ``safe_merge`` every layer is checked before any changes (PEFT's stops half-way)."""
+        for _, layer in self.fourierft_layers() if safe_merge else []:
+            layer.check_merge(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: list[str] | None = None, dequantize: bool = False) -> nn.Module:
         """PEFT's ``merge_and_unload``; with ``dequantize=True`` quantized adapted layers become float ``nn.Linear``
-        layers holding ``dequantize(W) + dW`` (unadapted layers stay quantized)."""
+        layers holding ``dequantize(W) + dW`` (unadapted layers stay quantized). ``safe_merge`` checks every layer
+        before any changes."""
+        for _, layer in self.fourierft_layers() if safe_merge else []:
+            layer.check_merge(adapter_names)
         if dequantize:
             self._dequantize_merge(adapter_names, safe_merge)
         return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)

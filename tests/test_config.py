@@ -40,7 +40,8 @@ def test_is_peft_config_with_peft_fields_and_defaults():
 @pytest.mark.parametrize(
     "kwargs,field",
     [
-        ({"n_frequency": 0}, "n_frequency"), ({"n_frequency": 2.5}, "n_frequency"), ({"n_frequency": True}, "n_frequency"),
+        ({"n_frequency": 0}, "n_frequency"), ({"n_frequency": 2.5}, "n_frequency"),
+        ({"n_frequency": True}, "n_frequency"),
         ({"scaling": float("nan")}, "scaling"), ({"scaling": "big"}, "scaling"),
         ({"random_loc_seed": None}, "random_loc_seed"), ({"random_loc_seed": 2**64}, "random_loc_seed"),
         ({"bias": "lora_only"}, "bias"), ({"task_type": "CLASSIFY"}, "task type"),
@@ -53,7 +54,8 @@ def test_is_peft_config_with_peft_fields_and_defaults():
         ({"target_modules": "q.*", "layers_to_transform": [0]}, "layers_to_transform"),
         ({"target_modules": ["q"], "layers_pattern": "h"}, "layers_pattern"),
         ({"target_modules": ["q"], "layers_to_transform": [0], "layers_pattern": 3}, "layers_pattern"),
-        ({"n_frequency_pattern": {"q": 0}}, "n_frequency_pattern"), ({"n_frequency_pattern": ["q"]}, "n_frequency_pattern"),
+        ({"n_frequency_pattern": {"q": 0}}, "n_frequency_pattern"),
+        ({"n_frequency_pattern": ["q"]}, "n_frequency_pattern"),
         ({"ifft2_norm": "none"}, "ifft2_norm"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.5}, "alpha"),
         ({"alpha": True}, "alpha"), ({"entry_sampling": "random"}, "entry_sampling"),
         ({"entry_sampling": "frequency_biased"}, "frequency_center"),
@@ -99,9 +101,10 @@ def _json(path) -> dict:
     return data | {"target_modules": sorted(data["target_modules"] or [])}
 
 
-@pytest.mark.parametrize("kwargs", [{}, dict(n_frequency=12, scaling=3.0, target_modules=["a", "b"], bias="fourier_only",
-                                             n_frequency_pattern={"a": 5}, layers_to_transform=[0],
-                                             task_type="CAUSAL_LM", ifft2_norm="backward", alpha=None)])
+@pytest.mark.parametrize("kwargs", [{}, dict(n_frequency=12, scaling=3.0, target_modules=["a", "b"],
+                                             bias="fourier_only", n_frequency_pattern={"a": 5},
+                                             layers_to_transform=[0], task_type="CAUSAL_LM", ifft2_norm="backward",
+                                             alpha=None)])
 def test_defaults_write_peft_json_with_no_extra_keys(kwargs, tmp_path):
     FourierFTConfig(**kwargs).save_pretrained(tmp_path / "ours")
     peft.FourierFTConfig(**{k: v for k, v in kwargs.items() if k not in ("ifft2_norm", "alpha")}).save_pretrained(

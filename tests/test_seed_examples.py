@@ -62,7 +62,8 @@ def test_pattern_based_frequencies():
 
 
 def test_conv1d_layers():
-    config = FourierFTConfig(n_frequency=32, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, init_weights=True)
+    config = FourierFTConfig(n_frequency=32, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                             init_weights=True)
     model = get_peft_model(gpt2().eval(), config)  # eval: no dropout
     ids = torch.randint(0, 64, (2, 6))
     base = model.get_base_model()

@@ -144,7 +144,8 @@ def test_container_target_layer_patterns_exclusions_and_own_targets():
     assert sizes(model) == expected
     model.add_adapter("two", FourierFTConfig(n_frequency=5, target_modules=["mlp"]))  # onto the adapted layers too
     assert {k: v for k, v in sizes(model).items() if k.endswith(".two")} == {
-        f"layers.{i}.mlp.{p}.fourierft_spectrum.two": 5 for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")}
+        f"layers.{i}.mlp.{p}.fourierft_spectrum.two": 5
+        for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")}
     with peft_own_layers(), pytest.raises(TypeError, match="LlamaMLP"):  # beyond PEFT 0.21, which refuses it
         peft.get_peft_model(build("llama"), peft.FourierFTConfig(target_modules=["mlp"]))
 
@@ -207,3 +208,22 @@ def test_add_adapter_never_changes_the_callers_config(name, kwargs):
 def test_other_methods_are_refused():
     with pytest.raises(TypeError, match="FourierFTConfig.*peft.get_peft_model"):
         fourierft.get_peft_model(build("mlp"), peft.LoraConfig(target_modules=["lin0"]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("how", ["merge_adapter", "merge_and_unload"])
+def test_refused_safe_merge_changes_nothing(how, bad):
+    """The last adapted layer is broken, so a merge going layer by layer (PEFT's) would have changed the others."""
+    config = FourierFTConfig(n_frequency=10, target_modules=["q_proj", "v_proj"])
+    model = fourierft.get_peft_model(build("llama"), config)
+    layers = fourierft_layers_of(model)[0]
+    with torch.no_grad():
+        layers[-1].fourierft_spectrum["default"][0] = bad
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="NaNs detected in the merged weights"):
+        getattr(model, how)(safe_merge=True)
+    assert not any(layer.merged for layer in layers) and fourierft_layers_of(model)[0] == layers
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True, msg=k)
