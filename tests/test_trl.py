@@ -43,6 +43,8 @@ def sentences(n: int, seed: int) -> list[str]:
 def dataset(kind: str, n: int = 12) -> datasets.Dataset:
     if kind == "text":
         return datasets.Dataset.from_dict({"text": sentences(n, 0)})
+    if kind == "completion":  # SFTConfig's default completion_only_loss: the loss on the completions only
+        return datasets.Dataset.from_dict({"prompt": sentences(n, 3), "completion": [" " + s for s in sentences(n, 4)]})
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
              for q, a in zip(sentences(n, 1), sentences(n, 2))]
     return datasets.Dataset.from_dict({"messages": chats})
@@ -56,7 +58,7 @@ def sft(model, out: str, kind: str, peft_config=None, **kw) -> trl.SFTTrainer:
                           processing_class=tokenizer(), peft_config=peft_config)
 
 
-@pytest.mark.parametrize("kind", ["text", "chat"])
+@pytest.mark.parametrize("kind", ["text", "chat", "completion"])
 def test_sft_trainer_matches_peft_saves_an_adapter_both_load(kind, tmp_path):
     ours, theirs = wrap("llama", ours=True), wrap("llama", ours=False)
     before = spectra(ours)
