@@ -72,23 +72,26 @@ class Direct(nn.Module):
 def target_names(case: str, targets: str) -> list[str] | str:
     if targets == "all":
         return "all-linear"
-    return ["q_proj", "v_proj"] if case == "gpu" else ["query", "value"]
+    return ["q_proj", "v_proj"] if case.startswith("gpu") else ["query", "value"]
 
 
 def build_base(case: str) -> tuple[nn.Module, dict]:
-    """The frozen base model and one batch, built from :data:`SEED`."""
+    """The frozen base model and one batch, built from :data:`SEED` (``case``: gpu, gpu-gqa or cpu)."""
     torch.manual_seed(SEED)
-    if case == "gpu":
+    if case.startswith("gpu"):
         from transformers import LlamaConfig, LlamaForCausalLM
 
+        # gpu: LLaMA-7B-shaped (hidden 4096, MLP 11008, full attention), 4 x 1024 tokens; gpu-gqa: LLaMA-3-8B-shaped
+        # (MLP 14336, grouped-query attention: k/v 1024 wide), 2 x 4096 tokens
+        gqa = case == "gpu-gqa"
         cfg = LlamaConfig(
-            vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,
-            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+            vocab_size=32000, hidden_size=4096, intermediate_size=14336 if gqa else 11008, num_hidden_layers=4,
+            num_attention_heads=32, num_key_value_heads=8 if gqa else 32, max_position_embeddings=4096,
         )
         cfg._attn_implementation = "sdpa"
         with torch.device("cuda"):
             model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-        ids = torch.randint(0, 32000, (4, 1024), device="cuda")
+        ids = torch.randint(0, 32000, (2, 4096) if gqa else (4, 1024), device="cuda")
         batch = {"input_ids": ids, "labels": ids}
     else:
         from transformers import BertConfig, BertForSequenceClassification
@@ -105,7 +108,7 @@ def build_base(case: str) -> tuple[nn.Module, dict]:
 
 def _linear_targets(model: nn.Module, case: str, targets: str) -> list[tuple[nn.Module, str, nn.Linear]]:
     names = target_names(case, targets)
-    core = model.model.layers if case == "gpu" else model.bert.encoder
+    core = model.model.layers if case.startswith("gpu") else model.bert.encoder
     out = []
     for mod in core.modules():
         for child_name, child in mod.named_children():

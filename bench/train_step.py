@@ -1,6 +1,7 @@
 """Train-step benchmark: median step time (forward + backward + AdamW), peak memory, ratios to floor and PEFT.
 
     PYTHONPATH=. python bench/train_step.py --case gpu     # bf16 LLaMA-shaped, q,v and all-linear, + inference
+    PYTHONPATH=. python bench/train_step.py --case gpu-gqa # the same, LLaMA-3-shaped (k/v narrower), 2 x 4096 tokens
     PYTHONPATH=. python bench/train_step.py --case cpu     # fp32 all-MiniLM-L6-v2-shaped BERT, query,value
 
 One run, one machine: every variant is built fresh from the same seed in this process and timed the same way.
@@ -48,6 +49,18 @@ def build(variant, case, targets, n, scaling):
     return model, batch, (torch.compile(model) if compiled else model)
 
 
+def _report_graph_breaks(variant: str) -> None:
+    """Print dynamo's graph-break reasons so far (a private counter: skipped where this torch lacks it)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return
+    breaks = dict(counters.get("graph_break", {}))
+    stats = dict(counters.get("stats", {}))
+    print(f"  {variant}: {sum(breaks.values())} graph breaks, dynamo stats {stats}"
+          + "".join(f"\n    {n} x {r[:300]}" for r, n in breaks.items()), flush=True)
+
+
 def train_row(variant, case, targets, n, scaling, steps, warmup):
     model, batch, run = build(variant, case, targets, n, scaling)
     model.train()
@@ -61,7 +74,9 @@ def train_row(variant, case, targets, n, scaling, steps, warmup):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    ms, peak, _ = measure(step, steps, warmup, case == "gpu")
+    ms, peak, _ = measure(step, steps, warmup, case.startswith("gpu"))
+    if run is not model:
+        _report_graph_breaks(variant)
     ntrain = sum(p.numel() for p in params)
     del model, run, opt, params
     _free()
@@ -79,7 +94,7 @@ def infer_row(variant, case, targets, n, scaling, steps, warmup, merged):
     def fwd():
         run(**inputs)
 
-    ms, peak, _ = measure(fwd, steps, warmup, case == "gpu")
+    ms, peak, _ = measure(fwd, steps, warmup, case.startswith("gpu"))
     del model, run
     _free()
     return ms, peak
@@ -108,7 +123,7 @@ def fmt_table(title, rows, floor_key, peft_key):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", choices=["gpu", "cpu"], required=True)
+    ap.add_argument("--case", choices=["gpu", "gpu-gqa", "cpu"], required=True)
     ap.add_argument("--targets", default=None, help="comma list of qv,all (gpu default both, cpu qv)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--scaling", type=float, default=None)
@@ -125,7 +140,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    gpu = a.case == "gpu"
+    gpu = a.case.startswith("gpu")
     scaling = a.scaling or (300.0 if gpu else 150.0)
     steps = a.steps or (15 if gpu else 20)
     targets = (a.targets or ("qv,all" if gpu else "qv")).split(",")

@@ -2,9 +2,9 @@
 
 The choice is made per key ``(device, out_features, in_features, n, dtype, training)``:
 
-* on a CUDA device, at the key's first eager use, each candidate path is timed a few times on the call's own
-  inputs (synchronised) and the fastest is kept (:func:`tune`); a card other than the one the flop model was
-  fitted on gets its own answer;
+* on a CUDA device, at the key's first eager use, each candidate path is timed on the call's own inputs (CUDA
+  events, five rounds interleaved across the candidates after one untimed call each, the best round counting) and
+  the fastest is kept (:func:`tune`); a card other than the one the flop model was fitted on gets its own answer;
 * on the CPU (and wherever nothing was measured, including under ``torch.compile``) the flop model of
   :func:`choose_path` decides.
 
