@@ -5,7 +5,8 @@ PEFT picks a method's config and tuner classes from two process-wide tables keye
 ``FOURIERFT`` at :class:`fourierft.FourierFTConfig` and :class:`fourierft.FourierFTModel`, so every PEFT entry point
 (``peft.get_peft_model``, ``PeftModel.from_pretrained``, ``load_adapter``, ``inject_adapter_in_model``, Trainer's
 and TRL's calls into PEFT) builds our layers; :func:`unregister` restores PEFT's own. Importing fourierft changes
-nothing; :func:`get_peft_model` and :meth:`PeftModel.from_pretrained` register first.
+nothing; :func:`get_peft_model`, :meth:`PeftModel.from_pretrained` and building a :class:`fourierft.FourierFTConfig`
+register first (a library handed our config calls ``peft.get_peft_model`` itself: TRL's ``peft_config=``).
 
 The models are PEFT's own ``PeftModel`` classes; :class:`PeftModel` here is that class with a ``from_pretrained``
 (and constructor) that registers first. ``isinstance(m, fourierft.PeftModel)`` is ``isinstance(m, peft.PeftModel)``.
