@@ -10,12 +10,11 @@ A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`
 * disabling adapters unmerges merged ones first, in the named call, not later inside ``forward``;
 * injecting an adapter is a transaction (:mod:`fourierft.transaction`): if it fails, the model is as it was;
 * a target naming a container (``"mlp"``) adapts the linear layers inside it (PEFT refuses it); a target that matches
-  nothing is answered with the model's layer names; the caller's config is copied, never filled in.
+  nothing is answered with the model's layer names.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
 import warnings
@@ -127,8 +126,6 @@ class FourierFTModel(PeftFourierFTModel):
                        low_cpu_mem_usage: bool = False, state_dict=None) -> None:
         """PEFT's ``inject_adapter``, all or nothing: on any error no layer is wrapped or changed."""
         check_adapter_name(adapter_name)
-        # PEFT's add_adapter stores the caller's config, then fills in target_modules on it: ours is a copy
-        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
         try:
             with restoring(self, model) as before:
                 super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
