@@ -15,8 +15,8 @@ layer (``alpha_pattern``), so LoRA's scaling is 1. Errors are measured in float6
 GPT-2 ``Conv1D`` layers need ``fan_in_fan_out=True`` in PEFT LoRA; ``lora_A``/``lora_B`` keep the
 ``(r, in)``/``(out, r)`` shapes there too. ``Conv2d`` (groups 1): ``A`` becomes a ``kh x kw`` conv to ``r`` channels
 (the same ``(out, in * kh * kw)`` view as :mod:`fourierft.layers_extra`), ``B`` a ``1 x 1`` conv. ``Embedding``:
-PEFT's ``lora_embedding_A = B^T``, ``lora_embedding_B = A^T``. ``modules_to_save`` copies and trained biases are written under the same
-keys as PEFT's own checkpoints (its generic layout).
+PEFT's ``lora_embedding_A = B^T``, ``lora_embedding_B = A^T``. ``modules_to_save`` copies and trained biases are
+written under the same keys as PEFT's own checkpoints (its generic layout).
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def _lora_tensors(layer: FourierFTLayer, name: str, b: torch.Tensor, a: torch.Te
 
 def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str = "default",
                 rank: int | None = None) -> LoraExport:
-    """Write adapter ``adapter_name`` of ``peft_model`` (a ``peft.PeftModel``) as a PEFT LoRA checkpoint in ``save_directory``; return ranks and errors.
+    """Write adapter ``adapter_name`` of ``peft_model`` (a ``peft.PeftModel``) as a PEFT LoRA checkpoint in
+    ``save_directory``; return ranks and errors.
 
     ``rank=None``: exact (rank ``<= 2n`` per layer). ``rank=r``: the best rank-``r`` truncation, error reported.
     Raises ``ValueError`` before writing anything for unknown adapters, bad ranks or unsupported layers.

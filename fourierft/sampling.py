@@ -74,7 +74,8 @@ def frequency_biased_entries(d1: int, d2: int, n: int, seed: int, center: float,
 def check_entries(rows: torch.Tensor, cols: torch.Tensor, d1: int, d2: int, where: str) -> None:
     """Raise ``ValueError`` unless entries are in range and distinct (a checkpoint could hold anything)."""
     if rows.shape != cols.shape or rows.dim() != 1:
-        raise ValueError(f"{where}: rows and cols must be two (n,) vectors, got {tuple(rows.shape)}, {tuple(cols.shape)}")
+        raise ValueError(f"{where}: rows and cols must be two (n,) vectors, got {tuple(rows.shape)}, "
+                         f"{tuple(cols.shape)}")
     if rows.numel() and (rows.min() < 0 or rows.max() >= d1 or cols.min() < 0 or cols.max() >= d2):
         raise ValueError(f"{where}: spectral entries out of range for a {d1}x{d2} weight")
     if torch.unique(rows.long() * d2 + cols.long()).numel() != rows.numel():

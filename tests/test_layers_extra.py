@@ -86,7 +86,8 @@ def test_patch_embedding_equals_the_linear_layer_on_unfolded_patches():
 
 def test_embedding_rows_match_the_dense_formula_and_its_gradient():
     emb = nn.Embedding(50, 12)
-    model = fourierft.get_peft_model(nn.Sequential(emb), fourierft.FourierFTConfig(target_modules=["0"], n_frequency=25))
+    model = fourierft.get_peft_model(nn.Sequential(emb),
+                                     fourierft.FourierFTConfig(target_modules=["0"], n_frequency=25))
     layer = model.base_model.model[0]
     assert isinstance(layer, fourierft.Embedding)
     spectrum = layer.fourierft_spectrum["default"]
@@ -167,7 +168,8 @@ def test_mixed_batches_on_conv_and_embedding():
 
 
 def test_targeting_and_refusals():
-    model = fourierft.get_peft_model(build("llama"), fourierft.FourierFTConfig(target_modules="all-linear", n_frequency=8))
+    model = fourierft.get_peft_model(build("llama"),
+                                     fourierft.FourierFTConfig(target_modules="all-linear", n_frequency=8))
     assert not isinstance(model.base_model.model.model.embed_tokens, fourierft.FourierFTLayer)
     with pytest.raises(TypeError, match="max_norm"):
         fourierft.get_peft_model(nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)),

@@ -34,7 +34,8 @@ def test_default_config_json_is_peft_json(tmp_path):
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "FOURIERFT"
 
 
-@pytest.mark.parametrize("d1,d2,n,center,width", [(32, 48, 40, 6.0, 3.0), (17, 9, 20, 4.0, 2.0), (64, 64, 100, 0.0, 12.0)])
+@pytest.mark.parametrize("d1,d2,n,center,width",
+                         [(32, 48, 40, 6.0, 3.0), (17, 9, 20, 4.0, 2.0), (64, 64, 100, 0.0, 12.0)])
 def test_frequency_biased_entries_are_distinct_in_band_exactly_n(d1, d2, n, center, width):
     rows, cols = frequency_biased_entries(d1, d2, n, 7, center, width)
     got = list(zip(rows.tolist(), cols.tolist()))
