@@ -10,7 +10,7 @@ The choice is made per key ``(device, out_features, in_features, n, dtype, train
 
 Every choice made is kept in a table owned by this module (:func:`path_choices` returns it) and logged once on
 the ``"fourierft"`` logger at INFO level. Under ``torch.compile`` the choice is a trace-time constant
-(:func:`resolve_path`): the table is read, never written, and paths whose setup cannot be traced (``factored``
+(:func:`static_path`): the table is read, never written, and paths whose setup cannot be traced (``factored``
 builds its plan outside graphs) are not picked.
 """
 
@@ -191,20 +191,28 @@ def tune(
     return _record(key, Choice(_fastest(seconds, candidates), "measured", seconds))
 
 
-@torch.compiler.assume_constant_result
 def static_path(out_features: int, in_features: int, n: int, device: str, dtype: torch.dtype, training: bool) -> str:
     """The path under ``torch.compile``: the measured choice if there is one (restricted to paths that trace),
-    else the flop model's. Read-only, a trace-time constant."""
-    hit = _choices.get((device, out_features, in_features, n, dtype, training))
-    if hit is not None and hit.path in _TRACEABLE:
-        return hit.path
-    if hit is not None and hit.seconds:
-        best = _fastest(hit.seconds, _TRACEABLE)
-        if best:
-            return best
+    else the flop model's between those paths. Read-only.
+
+    Written to be traced by dynamo with Python ints (constant-folded) or symbolic sizes (``dynamic=True``, shapes
+    read off tensors): only comparisons, which dynamo turns into guards, so the choice is a constant of the graph
+    either way. (Not ``assume_constant_result``: it rejects symbolic arguments.)"""
+    for key, hit in _choices.items():
+        if key[0] == device and key[4] == dtype and key[5] == training and key[1] == out_features \
+                and key[2] == in_features and key[3] == n:
+            if hit.path in _TRACEABLE:
+                return hit.path
+            best = _fastest(hit.seconds, _TRACEABLE)
+            if best:
+                return best
     device_type = device.split(":")[0]
-    costs = flop_costs(out_features, in_features, n, device_type=device_type, training=training)
-    return _fastest(costs, _TRACEABLE)
+    d1, d2 = out_features, in_features
+    if training:
+        lowrank, gemm = 8.0 * n * (d1 + d2), _GEMM_TRAIN.get(device_type, _GEMM_TRAIN["cuda"]) * d1 * d2
+    else:
+        lowrank, gemm = 4.0 * n * (d1 + d2), 2.0 * d1 * d2
+    return "gemm" if gemm < lowrank else "lowrank"  # ties to lowrank, as in choose_path
 
 
 def resolve_path(
@@ -220,8 +228,6 @@ def resolve_path(
     """The path ``auto`` runs for this call (see the module docstring)."""
     n = spectrum.shape[0]
     if torch.compiler.is_compiling():
-        # Python ints (as layers pass) make this a trace-time constant; shapes read off tensors under dynamic=True
-        # are symbolic and break the graph here (the choice is then made eagerly)
         return static_path(out_features, in_features, n, str(x.device), x.dtype, training)
     key = path_key(x, out_features, in_features, n, training)
     hit = _choices.get(key)

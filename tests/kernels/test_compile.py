@@ -135,15 +135,26 @@ class ShapesFromTensors(Adapted):
                                self.scaling, self.path, base=self.base(x))
 
 
-def test_symbolic_shapes_still_compute_right():
-    """Symbolic shapes cannot be looked up at trace time: auto's choice breaks the graph there, still correct."""
+@pytest.mark.parametrize("measured", [False, True])
+def test_symbolic_shapes_trace(measured):
+    """Shapes read off tensors under dynamic=True are symbolic: auto's choice still traces (comparisons become
+    guards), in one graph, with or without a measured choice for the key."""
     torch._dynamo.reset()
+    clear_path_choices()
     torch.manual_seed(0)
     model = nn.Sequential(ShapesFromTensors(12, 16, 30, 0, "auto", True), ShapesFromTensors(16, 10, 30, 1, "auto", True))
-    compiled = torch.compile(model, backend="eager", dynamic=True)
+    if measured:
+        from fourierft.kernels import tune
+
+        first = model[0]
+        tune(torch.randn(3, 12), first.spectrum, first.rows, first.cols, 16, 12, first.scaling, training=True,
+             timer=lambda path, fn: {"lowrank": 2.0, "gemm": 1.0, "factored": 3.0}[path])
+    counter = Counter()
+    compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
     for rows in (3, 5, 7):
         x = torch.randn(rows, 12)
         want = grads(model, model, x)
         got = grads(model, compiled, x)
         for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert counter.graphs == 1
