@@ -96,8 +96,8 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
         for name in plan
     )
     n = max(sizes.values(), key=list(sizes.values()).count)  # the most common size; the rest by pattern
-    # pattern keys are the full module names, unescaped: PEFT matches them as `(.*\.)?key$` and looks the size up by
-    # the key itself, fourierft also by equality; an escaped name would not equal the module name.
+    # pattern keys are the full module names, unescaped: PEFT (and fourierft) match a key as `.*\.key$` or else look
+    # the module's own name up, so a full name is found by equality; an escaped name would match neither way.
     config = derive_config(
         first, scaling=scaling, ifft2_norm="backward", alpha=None, n_frequency=n, target_modules=set(plan),
         exclude_modules=None, layers_to_transform=None,

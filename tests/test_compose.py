@@ -141,3 +141,25 @@ def test_errors_change_nothing(args, match):
     assert sorted(model.peft_config) == ["a", "b"]
     after = model.state_dict()
     assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_disjoint_layers_of_different_sizes_stay_peft_compatible(tmp_path):
+    """Each layer keeps one adapter's seeded entries, so the sum is a plain adapter whose sizes differ per layer
+    (n_frequency_pattern): PEFT's own layers load it with the same logits."""
+    model = two_adapters(a=dict(target_modules=["q_proj"], n_frequency=30),
+                         b=dict(target_modules=["v_proj"], n_frequency=20, scaling=300.0))
+    model.add_weighted_adapter(["a", "b"], [2.0, -0.5], "ab")
+    config = model.peft_config["ab"]
+    assert config.entry_sampling == "uniform" and config.n_frequency_pattern  # sizes differ: by pattern
+    sizes = {n.rsplit(".", 1)[1]: layer.fourierft_n_frequency["ab"] for n, layer in model.base_model.fourierft_layers()
+             if "ab" in layer.fourierft_spectrum}
+    assert sizes == {"q_proj": 30, "v_proj": 20}
+    model.set_adapter("ab")
+    want = output(merged_reference("llama", model, ["a", "b"], [2.0, -0.5]), "llama")
+    assert_close(output(model, "llama"), want)
+    model.save_pretrained(tmp_path, selected_adapters=["ab"])
+    with peft_own_layers():
+        theirs = peft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab").eval()
+    assert_close(output(theirs, "llama"), want)
+    ours = fourierft.PeftModel.from_pretrained(build("llama"), tmp_path / "ab")
+    torch.testing.assert_close(output(ours, "llama"), output(model, "llama"), rtol=0, atol=0)
