@@ -257,3 +257,29 @@ def test_load_best_model_at_end_loads_the_chosen_checkpoint(tmp_path):
     for key, value in saved.items():
         assert torch.equal(got[key + ".default"], value), key
     assert all(p.requires_grad for n, p in model.named_parameters() if "fourierft_spectrum" in n)
+
+
+def _train_and_eval(model, out: str) -> tuple[list[float], list[float]]:
+    tr = trainer(model, out, max_steps=4, save_strategy="no", eval_strategy="steps", eval_steps=1,
+                 eval_dataset=dataset(4))
+    tr.train()
+    return losses(tr), [h["eval_loss"] for h in tr.state.log_history if "eval_loss" in h]
+
+
+@pytest.fixture(scope="module")
+def peft_train_eval(tmp_path_factory):
+    return _train_and_eval(wrap("llama", ours=False), str(tmp_path_factory.mktemp("peft")))
+
+
+@pytest.mark.parametrize("path", ["dense", "gemm", "lowrank", "factored"])  # "auto": every other test
+def test_every_compute_path_trains_and_evaluates_as_peft(path, peft_train_eval, tmp_path):
+    """An evaluation after every step: each path's inference caches (dW, bases) are built under no_grad, then the
+    Trainer's (accelerate-wrapped) optimizer changes the coefficients in place; a stale cache would repeat an eval
+    loss or drift from PEFT's."""
+    model = wrap("llama", ours=True)
+    model.base_model.set_compute_path(path)
+    train, evals = _train_and_eval(model, str(tmp_path))
+    want_train, want_evals = peft_train_eval
+    assert len(evals) == 4 and len(set(evals)) == 4
+    assert train == pytest.approx(want_train, rel=1e-5, abs=0)
+    assert evals == pytest.approx(want_evals, rel=1e-5, abs=0)
