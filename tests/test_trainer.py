@@ -25,6 +25,7 @@ import torch
 import transformers as tf
 from peft.tuners.fourierft.layer import FourierFTLayer as PeftFourierFTLayer
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 import fourierft
 from fourierft.layer import FourierFTLayer
@@ -249,8 +250,6 @@ def test_load_best_model_at_end_loads_the_chosen_checkpoint(tmp_path):
     best = 2 * (1 + evals.index(max(evals)))
     assert best != 4  # the precondition: the last step's adapter is not the one to be loaded
     assert tr.state.best_model_checkpoint == str(tmp_path / f"checkpoint-{best}")
-    from safetensors.torch import load_file
-
     saved = load_file(os.path.join(tr.state.best_model_checkpoint, "adapter_model.safetensors"))
     got = spectra(model)
     assert saved.keys() == {k.removesuffix(".default") for k in got}
