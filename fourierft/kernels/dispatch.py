@@ -40,6 +40,11 @@ _GEMM_TRAIN = {"cuda": 10.0, "cpu": 6.0}
 # the paths auto chooses from, in tie-break order; the ones whose setup traces under torch.compile
 CANDIDATES: tuple[str, ...] = ("lowrank", "gemm", "factored")
 _TRACEABLE: tuple[str, ...] = ("lowrank", "gemm")
+# gemm holds a d1 x d2 dW per layer (saved for backward, cached at inference: peak 3.51 against 2.86 GiB for lowrank,
+# all-linear inference of the 4-layer LLaMA-7B-shaped model, H200, bench/train_step.py); measured, it is kept only
+# when it is more than this much faster than the best other path
+_HOLDS_DENSE: tuple[str, ...] = ("gemm",)
+DENSE_MARGIN = 0.05
 
 
 def flop_costs(out_features: int, in_features: int, n: int, *, device_type: str, training: bool) -> dict[str, float]:
@@ -162,8 +167,9 @@ def tune(
     ``timer(path, fn)`` returns the seconds one call ``fn()`` of ``path`` takes (default :func:`cuda_timer`); each
     ``fn`` runs the path once (when ``training``: forward and backward with a random upstream gradient, on
     detached copies of ``x`` and ``spectrum``, so the caller's tensors and graph are untouched). Each candidate
-    is called once untimed, then timed ``rounds`` times interleaved with the others; the best time counts. A
-    candidate that fails (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``; the key is
+    is called once untimed, then timed ``rounds`` times interleaved with the others; the best time counts, except
+    that gemm (which holds a ``d1 x d2`` tensor per layer) must beat the best other path by more than
+    :data:`DENSE_MARGIN`. A candidate that fails (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``; the key is
     ``(device, out_features, in_features, n, x.dtype, training)``.
     """
     key = path_key(x, out_features, in_features, spectrum.shape[0], training)
@@ -188,7 +194,12 @@ def tune(
             seconds[path] = min(seconds.get(path, t), t)  # the best of the rounds: noise only ever adds time
     if not seconds:
         raise RuntimeError(f"fourierft: no candidate path ran for {key}; force one with path=...")
-    return _record(key, Choice(_fastest(seconds, candidates), "measured", seconds))
+    best = _fastest(seconds, candidates)
+    if best in _HOLDS_DENSE:  # it holds a d1 x d2 tensor per layer: only worth it when clearly faster
+        lean = _fastest(seconds, tuple(p for p in candidates if p not in _HOLDS_DENSE))
+        if lean and seconds[lean] <= seconds[best] * (1.0 + DENSE_MARGIN):
+            best = lean
+    return _record(key, Choice(best, "measured", seconds))
 
 
 def static_path(out_features: int, in_features: int, n: int, device: str, dtype: torch.dtype, training: bool) -> str:

@@ -95,6 +95,15 @@ def test_inference_tuning_under_inference_mode_times_every_candidate():
     assert rel(y, ry) < 1e-5
 
 
+@pytest.mark.parametrize(("gemm", "want"), [(0.96e-3, "lowrank"), (0.94e-3, "gemm")])
+def test_gemm_must_be_clearly_faster(gemm, want):
+    """gemm holds a d1 x d2 tensor per layer: within DENSE_MARGIN (5%) of the best other path, that path wins."""
+    x, c, rows, cols = inputs()
+    timer = FakeTimer({"lowrank": 1e-3, "gemm": gemm, "factored": 2e-3})
+    assert dispatch.DENSE_MARGIN == 0.05
+    assert tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer) == want
+
+
 def test_failing_candidate_is_skipped():
     x, c, rows, cols = inputs()
     timer = FakeTimer({"lowrank": 3e-3, "gemm": RuntimeError("CUDA out of memory"), "factored": 5e-3})
