@@ -71,7 +71,9 @@ def spectral_linear_mixed(
     Args:
         x: ``(B, ..., in_features)``, any float dtype (the computation runs in it).
         spectra: ``(K, n)`` the adapters' coefficients (float32 by contract).
-        row_adapter: ``(B,)`` int64 in ``[-1, K)``: the adapter of each batch row; ``-1`` rows get zeros.
+        row_adapter: ``(B,)`` int64 in ``[-1, K)``: the adapter of each batch row; ``-1`` rows get zeros. On the
+            CPU its values are checked (a clear error); on ``x``'s device it costs no copy (a bad value then fails
+            as a device-side index error).
         rows, cols: ``(n,)`` int64 entries shared by the K adapters, on ``x``'s device.
         out_features, in_features: ``d1, d2``.
         scalings: ``(K,)`` each adapter's scaling (a tensor on ``spectra``'s device avoids a host-to-device copy
@@ -98,7 +100,7 @@ def spectral_linear_mixed(
     per_row = x2.shape[0] // max(b, 1)
     # the adapter of every token; -1 -> the zero row K
     k = spectra.shape[0]
-    idx = torch.where(row_adapter < 0, k, row_adapter).to(torch.int64)
+    idx = torch.where(row_adapter < 0, k, row_adapter).to(x.device, torch.int64)
     idx = idx.repeat_interleave(per_row) if per_row != 1 else idx  # (T,)
     work = torch.float64 if dt == torch.float64 else torch.float32
     c = spectra.to(work) * (scal.to(work) / d1)[:, None]  # (K, n), O(scaling / d1) values
