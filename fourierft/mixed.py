@@ -82,6 +82,13 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[
     return args, kwargs
 
 
+def _check_rows_hook(module: nn.Module, args: tuple, kwargs: dict, names: int) -> None:
+    rows = batch_size(args, kwargs)
+    if rows is not None and rows != names:
+        raise ValueError(f"got {names} adapter_names for a batch of {rows} rows: give exactly one adapter name per "
+                         f"row ({BASE!r} for the base model)")
+
+
 @contextmanager
 def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], modules: list[nn.Module],
                         rows: int | None = None, repeat: int = 1) -> Iterator[None]:
@@ -97,6 +104,8 @@ def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], module
         raise ValueError("adapters are merged into the weights: unmerge them before using adapter_names")
     handles = [m.register_forward_pre_hook(partial(_pre_hook, adapter_names=names), with_kwargs=True)
                for m in modules]
+    if rows is None:  # PEFT's task wrappers hand the tuner no inputs: check them where the model receives them
+        handles.append(model.register_forward_pre_hook(partial(_check_rows_hook, names=len(names)), with_kwargs=True))
     try:
         yield
     finally:

@@ -203,8 +203,10 @@ def test_mlp_positional_input():
             assert_close(mixed[i], ref[0])
 
 
-def test_errors_are_clear_and_change_nothing():
-    peft_model = make("llama", ["q_proj"])
+@pytest.mark.parametrize("task_type", [None, "CAUSAL_LM"])  # PEFT's task wrapper hands the tuner no input_ids
+def test_errors_are_clear_and_change_nothing(task_type):
+    peft_model = make("llama", ["q_proj"], task_type=task_type)
+    assert type(peft_model) is (peft.PeftModelForCausalLM if task_type else peft.PeftModel)
     ids, mask = batch(3)
     with torch.no_grad():
         before = peft_model(input_ids=ids, attention_mask=mask).logits
