@@ -40,6 +40,9 @@ def _union(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d2: int
 
 
 def _check_args(tuner, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+    from .tuner import check_adapter_name
+
+    check_adapter_name(adapter_name)
     if isinstance(adapters, str) or not adapters:
         raise ValueError(f"adapters must be a non-empty list of adapter names, got {adapters!r}")
     unknown = [a for a in adapters if a not in tuner.peft_config]

@@ -132,15 +132,21 @@ def test_heads_combine_as_deltas():
     ((["a", "b"], [1], "n"), "one weight per adapter"),
     ((["a", "b"], [1, float("nan")], "n"), "finite"),
     ((["a", "b"], [1, 1], "b"), "exists already"),
+    ((["a", "b"], [1, 1], 123), "adapter name must be a non-empty string"),
+    ((["a", "b"], [1, 1], "v1.2"), "without '.'"),
 ])
 def test_errors_change_nothing(args, match):
     model = two_adapters()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    types = [type(m) for m in model.modules()]
     with pytest.raises(ValueError, match=match):
         model.add_weighted_adapter(*args)
-    assert sorted(model.peft_config) == ["a", "b"]
+    assert sorted(model.peft_config) == ["a", "b"] and model.active_adapters == ["a"]
     after = model.state_dict()
     assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert [type(m) for m in model.modules()] == types
 
 
 def test_disjoint_layers_of_different_sizes_stay_peft_compatible(tmp_path):
