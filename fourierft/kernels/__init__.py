@@ -15,7 +15,11 @@ Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a 
 ``auto`` (the default) measures the candidates once per layer key on CUDA and uses a flop model elsewhere
 (:mod:`fourierft.kernels.dispatch`; :func:`path_choices` shows what was chosen and why).
 
-:func:`spectral_linear_mixed` serves a batch whose rows use different adapters that share their entries.
+:func:`adapted_linear` is the whole adapted layer (frozen ``F.linear`` plus the adapter, the addition fused where a
+path can). :func:`spectral_linear_mixed` serves a batch whose rows use different adapters that share their entries.
+
+Caches (cos/sin bases, factored plans, the inference ``dW``) live as long as the tensors they were built from
+(:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one spectrum's cached ``dW``, :func:`clear_caches` all.
 
 ``torch.compile``: ``spectral_linear`` traces without graph breaks on ``auto``, ``dense``, ``gemm`` and
 ``lowrank`` (bases are then built inside the graph, no Python-side cache is consulted, and ``auto`` is a
