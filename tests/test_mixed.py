@@ -160,11 +160,13 @@ def test_sequence_classification_heads_per_row():
     check_rows(peft_model, "bert", ["c", BASE, "a", "b", "c"], *batch(5))
 
 
-@pytest.mark.parametrize("adapters", [ADAPTERS, SHARED], ids=["distinct", "shared"])
+@pytest.mark.parametrize("adapters,task_type", [(ADAPTERS, None), (SHARED, "CAUSAL_LM")],
+                         ids=["distinct-PeftModel", "shared-PeftModelForCausalLM"])
 @pytest.mark.parametrize("gen_kwargs", [dict(do_sample=False), dict(do_sample=False, num_beams=2)],
                          ids=["greedy", "beam"])
-def test_generate_rows_equal_generating_alone(gen_kwargs, adapters):
-    peft_model = make("gpt2", ["c_attn", "c_proj"], adapters=adapters)
+def test_generate_rows_equal_generating_alone(gen_kwargs, adapters, task_type):
+    peft_model = make("gpt2", ["c_attn", "c_proj"], adapters=adapters, task_type=task_type)
+    assert type(peft_model) is (peft.PeftModelForCausalLM if task_type else peft.PeftModel)
     names = ["a", BASE, "b"]
     ids = batch(3, seq=5)[0]
     kw = dict(max_new_tokens=4, pad_token_id=0, **gen_kwargs)
