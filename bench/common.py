@@ -6,7 +6,7 @@ variant's own). Variants:
 * ``floor``           the frozen model, input grads on, no adapter (the cost of backprop alone)
 * ``peft-lora``       PEFT LoRA r=16 (alpha 32, PEFT defaults otherwise)
 * ``peft-fourierft``  PEFT FourierFT (n, scaling as the case says)
-* ``ours-<path>``     ``fourierft.get_peft_model`` with every layer's ``compute_path`` forced to <path>
+* ``ours-<path>``     ``fourierft.get_peft_model``, every layer's compute path forced to <path> (``set_compute_path``)
 * ``direct-<path>``   the target ``nn.Linear`` wrapped by :class:`Direct`: ``base(x) + spectral_linear(x, ...)``
                       (measures the kernels without the model code)
 """
@@ -132,12 +132,13 @@ def make_variant(variant: str, case: str, targets: str, n: int, scaling: float) 
 
         model = get_peft_model(model, FourierFTConfig(n_frequency=n, scaling=scaling, target_modules=tm))
     elif variant.startswith("ours-"):
-        from fourierft import FourierFTConfig, FourierFTLayer, get_peft_model
+        from fourierft import FourierFTConfig, get_peft_model
 
         model = get_peft_model(model, FourierFTConfig(n_frequency=n, scaling=scaling, target_modules=tm))
-        for m in model.modules():
-            if isinstance(m, FourierFTLayer):
-                m.compute_path = variant.removeprefix("ours-")
+        path = variant.removeprefix("ours-")
+        # the PEFT-based tuner is reached through base_model (PEFT's attribute forwarding); older models had it on top
+        setter = getattr(getattr(model, "base_model", None), "set_compute_path", None)
+        (setter or model.set_compute_path)(path)
     elif variant.startswith("direct-"):
         for parent, name, lin in _linear_targets(model, case, targets):
             setattr(parent, name, Direct(lin, n, scaling, variant.removeprefix("direct-")))

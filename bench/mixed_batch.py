@@ -46,7 +46,7 @@ def build(args) -> fourierft.PeftModel:
                       max_position_embeddings=max(128, args.seq))
     model = LlamaForCausalLM(cfg).to(args.device).eval()
     config = lambda i: fourierft.FourierFTConfig(target_modules=["q_proj", "v_proj"], n_frequency=args.n,
-                                                 random_loc_seed=i)
+                                                 random_loc_seed=777 if args.shared else i)
     peft_model = fourierft.get_peft_model(model, config(0), adapter_name="a0")
     for i in range(1, max(args.counts)):
         peft_model.add_adapter(f"a{i}", config(i))
@@ -135,6 +135,8 @@ def layer_level(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--level", choices=["model", "layer"], default="model")
+    parser.add_argument("--shared", action="store_true",
+                        help="model level: every adapter from one seed (shared entries)")
     parser.add_argument("--results", default=None, help="results file (default bench/results/mixed_batch-<UTC>.json)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hidden", type=int, default=256)
@@ -154,7 +156,8 @@ def main() -> None:
 
     peft_model = build(args)
     ids = torch.randint(0, 1000, (args.rows, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {threads} threads"
     print(f"machine: {machine}; torch {torch.__version__}; LLaMA-shaped hidden {args.hidden}, {args.layers} layers, "
           f"q/v adapters n={args.n}; batch {args.rows} x {args.seq} tokens; forward, median of {args.repeats}\n")
     print("| distinct adapters | mixed batch rows/s | one adapter at a time rows/s | speed-up |")
@@ -174,7 +177,8 @@ def main() -> None:
             serial = timed(one_at_a_time, args.repeats, args.device)
             print(f"| {k} | {args.rows / mixed:.1f} | {args.rows / serial:.1f} | {serial / mixed:.2f}x |")
             records.append({"level": "model", "hidden": args.hidden, "n": args.n, "rows": args.rows, "seq": args.seq,
-                            "k": k, "mixed_rows_per_s": args.rows / mixed, "serial_rows_per_s": args.rows / serial,
+                            "shared_entries": args.shared, "k": k, "mixed_rows_per_s": args.rows / mixed,
+                            "serial_rows_per_s": args.rows / serial,
                             "speedup": serial / mixed})
     print(f"results: {write_results('mixed_batch', records, out=args.results)}")
 

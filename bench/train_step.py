@@ -30,7 +30,7 @@ PATHS = ("gemm", "lowrank", "factored")
 def _ours_prefix() -> str:
     """``ours`` when the model code (``fourierft.get_peft_model``) is importable, else the direct wrapper."""
     try:
-        from fourierft import FourierFTLayer, get_peft_model  # noqa: F401
+        from fourierft import get_peft_model  # noqa: F401
 
         return "ours"
     except Exception:  # noqa: BLE001

@@ -1,4 +1,5 @@
-"""Ways to compute a FourierFT adapter's contribution ``x @ dW.T`` (all equal to :func:`fourierft.spectral.delta_weight`).
+"""Ways to compute a FourierFT adapter's contribution ``x @ dW.T``, each equal to the one definition of ``dW``
+(:func:`fourierft.spectral.delta_weight`).
 
 Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a float64 reference):
 

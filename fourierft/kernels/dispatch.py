@@ -169,8 +169,8 @@ def tune(
     detached copies of ``x`` and ``spectrum``, so the caller's tensors and graph are untouched). Each candidate
     is called once untimed, then timed ``rounds`` times interleaved with the others; the best time counts, except
     that gemm (which holds a ``d1 x d2`` tensor per layer) must beat the best other path by more than
-    :data:`DENSE_MARGIN`. A candidate that fails (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``; the key is
-    ``(device, out_features, in_features, n, x.dtype, training)``.
+    :data:`DENSE_MARGIN`. A candidate that fails (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``;
+    the key is ``(device, out_features, in_features, n, x.dtype, training)``.
     """
     key = path_key(x, out_features, in_features, spectrum.shape[0], training)
     calls = {}

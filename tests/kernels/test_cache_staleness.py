@@ -1,4 +1,4 @@
-"""The caches never serve stale results (fused optimizers, in-place edits, swapped storage) and die with their owners."""
+"""The caches never serve stale results (fused optimizers, in-place edits, swapped storage) and die with their owner."""
 
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def test_symbolic_shapes_trace(measured):
     torch._dynamo.reset()
     clear_path_choices()
     torch.manual_seed(0)
-    model = nn.Sequential(ShapesFromTensors(12, 16, 30, 0, "auto", True), ShapesFromTensors(16, 10, 30, 1, "auto", True))
+    model = nn.Sequential(ShapesFromTensors(12, 16, 30, 0, "auto", True),
+                          ShapesFromTensors(16, 10, 30, 1, "auto", True))
     if measured:
         from fourierft.kernels import tune
 
