@@ -168,3 +168,25 @@ def test_torchao_int8_weight_only():
     merged = qm.merge_and_unload(dequantize=True)
     torch.testing.assert_close(merged(x), fm(x), rtol=1e-4, atol=1e-4)
     assert torchao is not None
+
+
+def test_mixed_batch_on_a_quantized_base(saved_base):
+    """Rows through different adapters (two sharing entries, one not) on a 4-bit base equal each row run alone."""
+    model = fourierft.get_peft_model(load(saved_base, "nf4-double"), fourierft.FourierFTConfig(**CONFIG), "a")
+    model.add_adapter("b", fourierft.FourierFTConfig(**dict(CONFIG, scaling=80.0)))  # a's entries
+    model.add_adapter("c", fourierft.FourierFTConfig(**dict(CONFIG, random_loc_seed=5)))
+    model.eval()
+    ids = torch.randint(0, 64, (4, 7), generator=torch.Generator().manual_seed(3))
+    names = ["c", "a", "__base__", "b"]
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter_names=names).logits
+        for i, name in enumerate(names):
+            if name == "__base__":
+                with model.disable_adapter():
+                    ref = model(input_ids=ids[i:i + 1]).logits
+            else:
+                model.set_adapter(name)
+                ref = model(input_ids=ids[i:i + 1]).logits
+            torch.testing.assert_close(mixed[i], ref[0], rtol=1e-4, atol=1e-4)
+        model.set_adapter("a")  # a and b share entries, not coefficients: row 3 through a differs
+        assert not torch.allclose(mixed[3], model(input_ids=ids[3:]).logits[0], atol=1e-4)
