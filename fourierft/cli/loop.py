@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from . import _api
 
 
 def _world() -> int:
@@ -42,7 +41,7 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
         adapter = (f"FourierFT n_frequency={args.n_frequency} scaling={args.scaling:g} "
                    f"random_loc_seed={args.random_loc_seed} init={'zero' if args.init_weights else 'N(0,1)'} "
                    f"on {len(shapes)} layers ({', '.join(targets)})"
-                   f" [library: {_api.BACKEND}]")
+                   )
     elif args.method == "lora":
         adapter = f"LoRA (PEFT) r={args.lora_r} alpha={args.lora_alpha:g} on {len(shapes)} layers ({', '.join(targets)})"
     else:
@@ -53,12 +52,15 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
         f"  model: {display}",
         f"  data: {splits.source}: {sizes}{sub}" + "".join(f"; {n}" for n in splits.notes),
         f"  task: {task}" + (f", {len(classes)} classes ({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''})"
-                             if classes else "") + f", max length {args.max_length} tokens",
+                             if classes else "") + f", max length {args.max_length} tokens"
+        + ("; the text as the user turn of the chat template, the class name as the answer (loss on the answer "
+           "tokens, scored by the greedily generated answer)" if task == "instruct" else ""),
         f"  trainable: {counts['adapter']:,} adapter + {counts['head']:,} head ({', '.join(head) or 'none'}) "
         f"= {counts['trainable']:,} of {counts['total']:,} parameters ({100 * counts['trainable'] / counts['total']:.2f}%)",
         f"  optimiser: AdamW, lr {lr:g} ({'coefficients' if args.method == 'fourierft' else 'body'}) / {head_lr:g} (head), "
         f"{args.scheduler} schedule, warm-up {args.warmup:g}; {total} steps "
-        f"({args.epochs:g} epochs x {spe} steps, batch {args.batch_size} x {args.grad_accum} x {_world()} devices"
+        f"({'--max-steps' if args.max_steps > 0 else f'{args.epochs:g} epochs'} of {spe} steps each, "
+        f"batch {args.batch_size} x {args.grad_accum} x {_world()} devices"
         f"{', length-grouped' if args.group_by_length else ''})",
         f"  device: {_device(args)}, {precision}",
     ]
@@ -77,12 +79,16 @@ def describe(args: argparse.Namespace, display: str, splits: Any, task: str, cla
 
 
 def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, head: list[str], lr: float,
-        head_lr: float, train_set: Any, val_set: Any, test_set: Any, partial: Path) -> dict[str, Any]:
-    from transformers import DataCollatorWithPadding, TrainingArguments
+        head_lr: float, train_set: Any, val_set: Any, test_set: Any, partial: Path, main: bool,
+        classes: list[str] | None = None) -> dict[str, Any]:
+    """Train with transformers' plain ``Trainer``; ``before``/``after`` are the validation and test scores of the
+    untouched model and of the best validation pass's weights. For ``instruct`` the sets are
+    :class:`~fourierft.cli.instruct.InstructSet` and accuracy is that of generated answers."""
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
     from .encode import CausalCollator, accuracy_metrics, argmax_logits, token_accuracy
     from .runs import latest_checkpoint
-    from .trainer import CrashAfter, KeepBest, SplitLRTrainer
+    from .trainer import KeepBest, Progress, param_groups
 
     spe = steps_per_epoch(args, len(train_set))
     every = max(1, spe // max(1, args.evals_per_epoch))
@@ -94,17 +100,15 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         gradient_accumulation_steps=args.grad_accum, learning_rate=lr, weight_decay=args.weight_decay,
         warmup_steps=warmup, lr_scheduler_type=args.scheduler,
         logging_steps=args.logging_steps or max(1, spe // 10), eval_strategy="steps", eval_steps=every,
-        save_strategy="steps", save_steps=every, save_total_limit=1, seed=args.seed, bf16=args.bf16,
+        save_strategy="steps", save_steps=every, save_total_limit=1,  # the Trainer removes the old one after the new one is complete
+        seed=args.seed, bf16=args.bf16,
         fp16=args.fp16,
         # on a machine without a GPU, transformers runs torchrun's processes as independent single-process runs
         # unless use_cpu is set (it then trains data-parallel over gloo)
         use_cpu=args.cpu or not torch.cuda.is_available(),
         report_to=args.report_to, dataloader_num_workers=args.num_workers,
-        label_names=["labels"], remove_unused_columns=False, disable_tqdm=not _tty(),
-        # not the fused AdamW (Trainer's default on torch >= 2.8): it updates parameters without bumping their
-        # version counters, which an early library cache missed (docs/cli-needs.md, fixed); every measured number
-        # in docs/cli.md used this optimizer
-        optim="adamw_torch",
+        label_names=["labels"], remove_unused_columns=False,
+        disable_tqdm=True,  # Progress draws the bar and the evaluation lines
     )
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # rank 0 chose the folders
         shared = [str(partial)]
@@ -118,40 +122,57 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         elif "group_by_length" in fields:
             targs.group_by_length = True
     collator = DataCollatorWithPadding(tok) if task == "classification" else CausalCollator(tok.pad_token_id)
-    keep = KeepBest(model, "accuracy", True, partial / "best_trainable.pt", main=targs.process_index == 0)
-    callbacks: list[Any] = [keep]
-    if os.environ.get("FOURIERFT_CLI_CRASH_AFTER_STEP"):
-        callbacks.append(CrashAfter(int(os.environ["FOURIERFT_CLI_CRASH_AFTER_STEP"])))
-    trainer = SplitLRTrainer(
-        model=model, args=targs, train_dataset=train_set, eval_dataset=val_set, data_collator=collator,
-        compute_metrics=accuracy_metrics if task == "classification" else token_accuracy,
-        preprocess_logits_for_metrics=None if task == "classification" else argmax_logits,
-        callbacks=callbacks, head=head, head_lr=head_lr,
+    keep = KeepBest(model, "accuracy", True, partial / "best_trainable.pt", main=main)
+    progress = Progress(main, accuracy_name={"classification": "accuracy", "causal-lm": "token accuracy",
+                                             "instruct": "answer accuracy"}[task])
+    callbacks: list[Any] = [keep, progress]
+    sets = {"val": val_set, "test": test_set}
+    if task == "instruct":  # the Trainer sees the token-level data; answers are generated from the prompts
+        from .instruct import AnswerAccuracy, answer_accuracy
+
+        assert classes is not None
+        callbacks.insert(0, AnswerAccuracy(model, tok, val_set, classes, args.eval_batch_size))
+        sets = {"val": val_set.data, "test": test_set.data}
+        train_set = train_set.data
+
+    def score(prefix: str) -> dict[str, float]:
+        out = _strip(trainer.evaluate(sets[prefix], metric_key_prefix=prefix), prefix)
+        if task == "instruct":
+            s = val_set if prefix == "val" else test_set
+            out[f"{prefix}_accuracy"], _ = answer_accuracy(model, tok, s.prompts, s.gold, classes,
+                                                           args.eval_batch_size)
+        return out
+
+    optimizer = (torch.optim.AdamW, {"params": param_groups(model, head, lr, head_lr, args.weight_decay),
+                                     "lr": lr, "betas": (targs.adam_beta1, targs.adam_beta2),
+                                     "eps": targs.adam_epsilon})
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=train_set, eval_dataset=sets["val"], data_collator=collator,
+        compute_metrics={"classification": accuracy_metrics, "causal-lm": token_accuracy}.get(task),
+        preprocess_logits_for_metrics=argmax_logits if task == "causal-lm" else None,
+        callbacks=callbacks, optimizer_cls_and_kwargs=optimizer,
     )
-    if task == "classification":
-        # the classifier's loss is a mean over its batch and ignores num_items_in_batch; left True (the model's
-        # forward takes **kwargs), the Trainer multiplies it by the number of processes under DDP: a loss and
-        # gradients world-size times too large (and, on some transformers 5.x, doubled evaluation losses)
-        trainer.model_accepts_loss_kwargs = False
+    trainer.remove_callback(PrinterCallback)  # raw log dicts; Progress prints readable lines instead
     before_file = partial / "before.json"
     resume_from = latest_checkpoint(partial) if args.resume else None
+    if args.resume and resume_from is None and main:
+        print("  --resume: no complete checkpoint yet: training starts over", flush=True)
     t = time.time()
     if before_file.exists():  # resumed: the untouched model was measured by the first attempt
         before = json.loads(before_file.read_text())
     else:
-        before = {**_strip(trainer.evaluate(val_set, metric_key_prefix="val"), "val"),
-                  **_strip(trainer.evaluate(test_set, metric_key_prefix="test"), "test")}
-        if targs.process_index == 0:
+        before = {**score("val"), **score("test")}
+        if main:
             before_file.write_text(json.dumps(before))
     eval_before_s = time.time() - t
     t = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
-    if trainer.state.global_step % every:  # the last steps were not validated yet
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    if not evaluated or evaluated[-1] != trainer.state.global_step:  # the last steps were not validated yet
         trainer.evaluate()
     train_s = time.time() - t
     keep.restore()
-    after = {**_strip(trainer.evaluate(val_set, metric_key_prefix="val"), "val"),
-             **_strip(trainer.evaluate(test_set, metric_key_prefix="test"), "test")}
+    after = {**score("val"), **score("test")}
     epochs_run = trainer.state.epoch or args.epochs
     return {"before": before, "after": after, "best_step": keep.best_step, "best_val_accuracy": keep.best,
             "history": trainer.state.log_history, "train_s": round(train_s, 1),
@@ -164,9 +185,3 @@ def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     keep = ("loss", "accuracy", "runtime")
     return {f"{prefix}_{k}": v for k in keep if (v := metrics.get(f"{prefix}_{k}")) is not None}
 
-
-def _tty() -> bool:
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False

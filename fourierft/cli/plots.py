@@ -56,6 +56,19 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def short_name(name: str, width: int) -> str:
+    """``name`` if it fits, else "..." and its longest tail of whole dotted parts that fits (never cut mid-word)."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    tail = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + 1 + len(tail) + 3 > width:
+            break
+        tail = f"{part}.{tail}"
+    return "..." + tail
+
+
 def spectrum(layers: list[tuple[str, list[int], torch.Tensor, torch.Tensor, torch.Tensor]], path: Path) -> None:
     """Each layer's coefficients at their (row u, column v) spectral entries, coloured by value (diverging map)."""
     plt = _plt()
@@ -68,7 +81,7 @@ def spectrum(layers: list[tuple[str, list[int], torch.Tensor, torch.Tensor, torc
         sc = ax.scatter(v.numpy(), u.numpy(), c=c.float().numpy(), cmap="coolwarm", vmin=-vmax, vmax=vmax, s=4)
         ax.set_xlim(0, shape[1])
         ax.set_ylim(shape[0], 0)  # row 0 at the top, like the matrix
-        ax.set_title(name if len(name) < 36 else "..." + name[-33:], fontsize=7)
+        ax.set_title(short_name(name, 36), fontsize=7)
         ax.set_xlabel("column frequency v", fontsize=7)
         ax.set_ylabel("row frequency u", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -61,6 +63,47 @@ def publish(partial: Path, final: Path, *, keep_checkpoints: bool = False) -> No
         os.replace(partial, final)
 
 
+ARGS_FILE = "run_args.json"
+# arguments that may change between an interrupted run and its --resume: where and how it runs, not what it computes
+_FREE = {"resume", "overwrite", "verbose", "num_workers", "report_to", "keep_checkpoints", "no_plots", "command",
+         "eval_batch_size"}
+# what the Trainer writes into a checkpoint; trainer_state.json comes last, after the weights and optimizer state
+_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin",
+            "model.safetensors.index.json")
+
+
+def record_args(partial: Path, args: argparse.Namespace, *, resume: bool) -> None:
+    """Write the run's arguments into ``partial`` (a new run), or refuse a ``--resume`` whose arguments differ."""
+    mine = {k: v for k, v in sorted(vars(args).items()) if k not in _FREE}
+    mine = json.loads(json.dumps(mine, default=str))  # tuples as lists, as they read back
+    path = partial / ARGS_FILE
+    if resume:
+        if not path.exists():
+            raise CLIError(f"--resume: {partial} does not record its arguments ({ARGS_FILE}); start a new run")
+        before = json.loads(path.read_text())
+        changed = [k for k in sorted(set(before) | set(mine)) if before.get(k) != mine.get(k)]
+        if changed:
+            what = ", ".join(f"--{k.replace('_', '-')} {before.get(k)!r} -> {mine.get(k)!r}" for k in changed[:4])
+            raise CLIError(f"--resume with other arguments than the interrupted run ({what}): pass the same ones, or "
+                           "start a new run")
+        return
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(mine, indent=2))
+    os.replace(tmp, path)
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """A Trainer checkpoint with its state, optimizer, scheduler and weights (a kill mid-save leaves some out)."""
+    return all((checkpoint / f).is_file() for f in _CHECKPOINT_FILES) and any(
+        (checkpoint / f).is_file() for f in _WEIGHTS)
+
+
 def latest_checkpoint(partial: Path) -> str | None:
-    ckpts = sorted((partial / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    """The newest complete checkpoint of an interrupted run (an incomplete newer one is passed over)."""
+    ckpts = [p for p in (partial / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if is_complete(ckpt):
+            return str(ckpt)
+    return None

@@ -14,39 +14,44 @@ from typing import Any
 
 import torch
 
-from . import _api
 from ._errors import CLIError
 from .data import Splits, check_columns, class_names, label_ids, load_splits, subsample, texts
-from .modeling import META_FILE, attach, head_modules, layer_shapes, load_base, load_config, load_tokenizer, \
-    param_counts, resolve_model
-from .options import fourierft_kwargs, learning_rates, lora_kwargs, lr_warning
+from .modeling import META_FILE, attach, head_modules, is_causal_lm, layer_shapes, load_base, load_config, \
+    load_tokenizer, param_counts
+from .options import check_train_args, fourierft_kwargs, learning_rates, lora_kwargs, lr_warning
+from .presets import ModelRef, resolve_model
 
-IS_MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate only rank 0 prints and writes
+
+def is_main() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (``RANK``, which the launcher sets), or a single process: the one
+    that prints and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def say(*parts: Any) -> None:
-    if IS_MAIN:
+    if is_main():
         print(*parts, flush=True)
 
 
-def _task(args: argparse.Namespace, splits: Splits) -> str:
+def pick_task(args: argparse.Namespace, splits: Splits, causal: bool) -> str:
+    """auto: prompt/response columns -> causal-lm; other data on a causal LM -> instruct; else classification."""
     if args.task != "auto":
         return args.task
     cols = splits.train[0].keys()
-    return "causal-lm" if args.prompt_column in cols and args.response_column in cols else "classification"
+    if args.prompt_column in cols and args.response_column in cols:
+        return "causal-lm"
+    return "instruct" if causal else "classification"
 
 
-def prepare_data(args: argparse.Namespace) -> tuple[Splits, str, list[str] | None]:
-    """Load and validate every split before any model is touched: bad data fails in a second."""
+def prepare_data(args: argparse.Namespace, causal: bool) -> tuple[Splits, str, list[str] | None]:
+    """Load and validate every split before the model's weights are touched: bad data fails in a second."""
     splits = load_splits(args.data, validation=args.validation_data, test=args.test_data,
                          data_config=args.data_config, fractions=args.split, seed=args.split_seed,
                          label_column=args.label_column)
     if not splits.train:
         raise CLIError("the train split is empty")
-    task = _task(args, splits)
+    task = pick_task(args, splits, causal)
     if args.subsample is not None:
-        if args.subsample < 2:
-            raise CLIError("--subsample must be at least 2")
         n_eval = max(64, args.subsample // 8)
         splits.train = subsample(splits.train, args.subsample, args.split_seed)
         splits.validation = subsample(splits.validation, n_eval, args.split_seed)
@@ -56,7 +61,7 @@ def prepare_data(args: argparse.Namespace) -> tuple[Splits, str, list[str] | Non
         if not rows:
             raise CLIError(f"the {what} split is empty")
     classes = None
-    if task == "classification":
+    if task in ("classification", "instruct"):
         cols = {args.text_column: "--text-column", args.label_column: "--label-column"}
         for what, rows in names.items():
             check_columns(rows, cols, f"{what} data")
@@ -72,82 +77,100 @@ def prepare_data(args: argparse.Namespace) -> tuple[Splits, str, list[str] | Non
     return splits, task, classes
 
 
-def encode_split(rows: list[dict[str, Any]], task: str, tok: Any, args: argparse.Namespace,
+def encode_split(rows: list[dict[str, Any]], task: str, tok: Any, columns: dict[str, str], max_length: int,
                  classes: list[str] | None, *, by_length: bool = False) -> Any:
+    """Token ids for ``task``; ``columns`` maps text/label/prompt/response to column names."""
     from .encode import encode_causal, encode_classification
+    from .instruct import encode_instruct
 
-    if task == "classification":
+    if task in ("classification", "instruct"):
         assert classes is not None
-        ys = label_ids(rows, args.label_column, classes, "data")
-        return encode_classification(tok, texts(rows, args.text_column, "data"), ys, args.max_length,
-                                     by_length=by_length)
-    return encode_causal(tok, texts(rows, args.prompt_column, "data", allow_empty=True),
-                         texts(rows, args.response_column, "data"), args.max_length)
+        ys = label_ids(rows, columns["label"], classes, "data")
+        xs = texts(rows, columns["text"], "data")
+        if task == "instruct":
+            return encode_instruct(tok, xs, ys, classes, max_length)
+        return encode_classification(tok, xs, ys, max_length, by_length=by_length)
+    return encode_causal(tok, texts(rows, columns["prompt"], "data", allow_empty=True),
+                         texts(rows, columns["response"], "data"), max_length)
+
+
+def _columns(args: argparse.Namespace) -> dict[str, str]:
+    return {"text": args.text_column, "label": args.label_column, "prompt": args.prompt_column,
+            "response": args.response_column}
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
-    if args.bf16 and args.fp16:
-        raise CLIError("pick one of --bf16 and --fp16")
-    if args.fp16 and (args.cpu or not torch.cuda.is_available()):
-        raise CLIError("--fp16 needs a GPU; on the CPU use --bf16")
+    check_train_args(args)
+    main = is_main()
     lr, head_lr = learning_rates(args)
-    splits, task, classes = prepare_data(args)
-    from .runs import run_folders
+    ref = resolve_model(args.model)
+    config = None if ref.gguf_file else load_config(ref)  # a GGUF file's config comes with its weights (one read)
+    splits, task, classes = prepare_data(args, is_causal_lm(ref, config))
+    if task != "classification" and args.method == "head":
+        raise CLIError(f"--method head trains a classification head; the {task} task has none")
+    from .runs import record_args, run_folders
 
-    final, partial = run_folders(args.out, args.method, resume=args.resume, overwrite=args.overwrite, check=IS_MAIN)
+    final, partial = run_folders(args.out, args.method, resume=args.resume, overwrite=args.overwrite, check=main)
+    if main:
+        record_args(partial, args, resume=args.resume)  # --resume refuses other arguments than the first attempt's
     warning = lr_warning(args, lr)  # after the input checks, so a bad-input error stays the only stderr line
-    if warning and IS_MAIN:
+    if warning and main:
         print(warning, file=sys.stderr, flush=True)
-    name, display = resolve_model(args.model)
-    load_config(name)  # "unknown model" should say so, not fail later on the tokenizer
-    tok = load_tokenizer(name)
+    try:
+        return _train(args, ref, config, splits, task, classes, lr, head_lr, final, partial, main, started)
+    except BaseException:
+        if main and not args.resume and not any((partial / "checkpoints").glob("checkpoint-*")):
+            shutil.rmtree(partial, ignore_errors=True)  # nothing to resume from: leave nothing behind
+        elif main and partial.exists():
+            print("fourierft train: stopped; continue with the same arguments and --resume", file=sys.stderr)
+        raise
+
+
+def _train(args: argparse.Namespace, ref: ModelRef, config: Any, splits: Splits, task: str,
+           classes: list[str] | None, lr: float, head_lr: float, final: Any, partial: Any, main: bool,
+           started: float) -> int:
+    tok = load_tokenizer(ref)
     from transformers import set_seed
 
     set_seed(args.seed)  # the new head and the adapter's initial values: the same for a seed, and on every rank
-    model, missing = load_base(name, task, classes, tok.pad_token_id, args.dtype)
+    model, missing = load_base(ref, task, classes, tok.pad_token_id, args.dtype, config)
+    if task == "classification":
+        # the classifier's loss is a mean over its batch and ignores num_items_in_batch; left to the Trainer's guess
+        # (the forward takes **kwargs), it is multiplied by the number of processes under DDP. accepts_loss_kwargs
+        # is the model attribute the Trainer reads for this.
+        model.accepts_loss_kwargs = False
     head = args.modules_to_save if args.modules_to_save is not None else head_modules(model, task, missing)
-    model = attach(model, args.method, head, task, fourierft_kwargs(args), lora_kwargs(args))
+    model = attach(model, args.method, head, task, fourierft_kwargs(args, ref.targets), lora_kwargs(args, ref.targets))
     counts = param_counts(model, head)
     shapes = layer_shapes(model)
-    train_set = encode_split(splits.train, task, tok, args, classes)
-    val_set = encode_split(splits.validation, task, tok, args, classes, by_length=True)
-    test_set = encode_split(splits.test, task, tok, args, classes, by_length=True)
+    cols = _columns(args)
+    sets = [encode_split(rows, task, tok, cols, args.max_length, classes, by_length=i > 0)
+            for i, rows in enumerate((splits.train, splits.validation, splits.test))]
     from .loop import describe, fit
 
-    summary = describe(args, display, splits, task, classes, head, counts, shapes, lr, head_lr, len(train_set))
+    summary = describe(args, ref.display, splits, task, classes, head, counts, shapes, lr, head_lr, len(sets[0]))
     for line in summary["lines"]:
         say(line)
-    if IS_MAIN:
-        os.makedirs(partial, exist_ok=True)
-    try:
-        result = fit(args, model, tok, task, head, lr, head_lr, train_set, val_set, test_set, partial)
-    except BaseException:
-        if not IS_MAIN:
-            raise
-        if not any((partial / "checkpoints").glob("checkpoint-*")):
-            shutil.rmtree(partial, ignore_errors=True)  # nothing to resume from: leave nothing behind
-        else:
-            print(f"fourierft train: stopped; continue with: fourierft train ... --out {final} --resume",
-                  file=sys.stderr)
-        raise
-    if not IS_MAIN:
+    result = fit(args, model, tok, task, head, lr, head_lr, *sets, partial, main, classes)
+    if not main:
         return 0
-    for cfg in getattr(model, "peft_config", {}).values():  # PEFT records the base; needed by merge/eval elsewhere
-        if getattr(cfg, "base_model_name_or_path", "") in (None, ""):
-            cfg.base_model_name_or_path = name
+    for cfg in getattr(model, "peft_config", {}).values():  # a portable name (hub id), not this machine's path
+        cfg.base_model_name_or_path = ref.portable
     model.save_pretrained(str(partial))
     if args.method in ("full", "head"):
         tok.save_pretrained(str(partial))  # a full model folder should be usable on its own
-    meta = {"base_model": name, "method": args.method, "task": task, "classes": classes,
+    meta = {"base_model": ref.preset or ref.portable, "method": args.method, "task": task, "classes": classes,
             "text_column": args.text_column, "label_column": args.label_column,
             "prompt_column": args.prompt_column, "response_column": args.response_column,
             "max_length": args.max_length, "layer_shapes": shapes}
     (partial / META_FILE).write_text(json.dumps(meta, indent=2))
     total_s = time.time() - started
-    metrics = {**summary["record"], **result, "time_total_s": round(total_s, 1), "backend": _api.BACKEND,
+    import transformers
+
+    metrics = {**summary["record"], **result, "time_total_s": round(total_s, 1),
                "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                            "transformers": __import__("transformers").__version__},
+                            "transformers": transformers.__version__},
                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                            "torch_threads": torch.get_num_threads(), "device": result.get("device")}}
     (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -167,15 +190,19 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+METRIC_NAMES = {"classification": "accuracy", "causal-lm": "token accuracy", "instruct": "answer accuracy"}
+
+
 def _report(result: dict[str, Any], counts: dict[str, int], total_s: float, final: Any, plots: list[str],
             task: str) -> None:
     b, a = result["before"], result["after"]
-    metric = "accuracy" if task == "classification" else "token accuracy"
+    metric = METRIC_NAMES[task]
     say(f"{metric} before training: validation {_pct(b.get('val_accuracy'))}, test {_pct(b.get('test_accuracy'))}")
     say(f"{metric} after training:  validation {_pct(a.get('val_accuracy'))}, test {_pct(a.get('test_accuracy'))}"
         f"  (weights of the best validation pass, step {result['best_step']})")
-    if task == "causal-lm":
-        say(f"test loss {b['test_loss']:.4f} -> {a['test_loss']:.4f} (perplexity {math.exp(min(a['test_loss'], 50)):.2f})")
+    if task != "classification":
+        say(f"test loss {b['test_loss']:.4f} -> {a['test_loss']:.4f} "
+            f"(per answer token; perplexity {math.exp(min(a['test_loss'], 50)):.2f})")
     say(f"trainable: {counts['adapter']:,} adapter + {counts['head']:,} head of {counts['total']:,} parameters")
     say(f"time: {result['train_s']:.0f} s training ({result['s_per_epoch']:.0f} s/epoch), {total_s:.0f} s in all")
     files = ", ".join(p for p in ["metrics.json", *plots])

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# no CLI test may reach the network (the subprocesses get the same settings from clitools.cli_env)
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_name] = "1"
 
 POS = ["good", "great", "fine", "lovely", "superb", "fun"]
 NEG = ["bad", "awful", "poor", "dull", "boring", "weak"]
@@ -20,11 +25,11 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER, "?",
 
 
 def _tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
+    """A WordPiece tokenizer over VOCAB (built from the vocabulary itself: every toy word is a real token)."""
+    from transformers import BertTokenizer
 
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(VOCAB) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, eos_token="[SEP]")
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True, eos_token="[SEP]")
+    assert tok.unk_token_id not in tok("the film was good ?", add_special_tokens=False)["input_ids"]
     tok.save_pretrained(folder)
     return tok
 

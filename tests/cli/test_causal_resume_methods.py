@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clitools import cli, ok
+import shutil
+import signal
+import time
+
+import torch
+
+from clitools import cli, error_lines, ok, popen
 
 
 def test_causal_lm_train_eval_merge(tiny_gpt2: Path, toy_jsonl: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fourierft.cli._api import PeftModel
+    from fourierft import PeftModel
 
     out = tmp_path / "lm"
     proc = ok(cli("train", "--model", str(tiny_gpt2), "--data", str(toy_jsonl), "--epochs", "1", "--batch-size", "8",
@@ -33,19 +39,55 @@ def test_causal_lm_train_eval_merge(tiny_gpt2: Path, toy_jsonl: Path, tmp_path: 
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_resume_after_interruption(tiny_bert: Path, toy_csv: Path, tmp_path: Path) -> None:
+def _killed_after_first_checkpoint(args: list[str], partial: Path) -> None:
+    """Start ``fourierft train ARGS``, SIGKILL it once the Trainer has written a complete checkpoint."""
+    proc = popen(*args)
+    try:
+        while proc.poll() is None:
+            if any((c / "trainer_state.json").exists() for c in (partial / "checkpoints").glob("checkpoint-*")):
+                time.sleep(0.2)  # inside the next steps, possibly inside the next checkpoint's write
+                proc.kill()
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before a checkpoint was seen"
+
+
+def test_resume_after_a_kill_continues_to_the_same_result(tiny_bert: Path, toy_csv: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    # checkpoints at epoch ends: the Trainer's resume is exact there (mid-epoch, a resumed run draws the rest of the
+    # epoch's shuffled order afresh); --keep-checkpoints keeps the last step's weights to compare
+    common = ["train", "--model", str(tiny_bert), "--data", str(toy_csv), "--epochs", "4", "--batch-size", "16",
+              "--n-frequency", "20", "--no-plots", "--keep-checkpoints"]
     out = tmp_path / "run"
-    common = ["train", "--model", str(tiny_bert), "--data", str(toy_csv), "--epochs", "2", "--batch-size", "16",
-              "--evals-per-epoch", "3", "--n-frequency", "20", "--no-plots", "--out", str(out)]
-    crashed = cli(*common, env={"FOURIERFT_CLI_CRASH_AFTER_STEP": "2"})
-    assert crashed.returncode == 130, crashed.stderr
-    assert "--resume" in crashed.stderr and "Traceback" not in crashed.stderr
     partial = out.with_name("run.partial")
-    assert not out.exists() and (partial / "checkpoints" / "checkpoint-2").is_dir()  # nothing half-published
-    ok(cli(*common, "--resume"))
+    _killed_after_first_checkpoint([*common, "--out", str(out)], partial)
+    assert not out.exists() and (partial / "checkpoints").is_dir()  # nothing half-published
+    complete = max((p for p in (partial / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    # as if killed during the next save (6 steps later): that checkpoint's folder without its trainer state
+    torn = partial / "checkpoints" / f"checkpoint-{int(complete.name.split('-')[1]) + 6}"
+    shutil.copytree(complete, torn, dirs_exist_ok=True)
+    (torn / "trainer_state.json").unlink()
+    before = sorted(p.name for p in partial.rglob("*"))
+    changed = cli(*common, "--lr", "0.05", "--out", str(out), "--resume")  # not the interrupted run's arguments
+    assert changed.returncode == 2 and len(error_lines(changed)) == 1, changed.stderr
+    assert "--lr None -> 0.05" in changed.stderr and "same ones" in changed.stderr
+    assert sorted(p.name for p in partial.rglob("*")) == before  # refused before touching anything
+    ok(cli(*common, "--out", str(out), "--resume"))
     m = json.loads((out / "metrics.json").read_text())
-    assert m["resumed_from"].endswith("checkpoint-2") and m["global_step"] == 12
-    assert not partial.exists() and not (out / "checkpoints").exists()
+    assert m["resumed_from"].endswith(complete.name)  # the newest complete checkpoint, not the torn one
+    assert m["global_step"] == 24  # 4 epochs x 6 steps
+    assert not partial.exists()
+    ok(cli(*common, "--out", str(tmp_path / "straight")))  # the same run, never interrupted
+    resumed = load_file(out / "checkpoints" / "checkpoint-24" / "adapter_model.safetensors")
+    straight = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-24" / "adapter_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-5, rtol=1e-4)
 
 
 def test_reference_methods(tiny_bert: Path, toy_csv: Path, tmp_path: Path) -> None:

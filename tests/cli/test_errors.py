@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from clitools import cli, ok, write_csv
+from clitools import cli, error_lines, ok, write_csv
 
 
 class Done:
@@ -26,7 +27,10 @@ def inproc(capsys):
     level = logging.getLogger().level
 
     def run(*argv: str) -> Done:
-        rc = main(list(argv))
+        try:
+            rc = main(list(argv))
+        except SystemExit as exc:  # argparse's exit for a bad flag value
+            rc = exc.code
         out, err = capsys.readouterr()
         return Done(rc, out, err)
 
@@ -36,7 +40,7 @@ def inproc(capsys):
 
 def fails(proc, *needles: str) -> str:
     assert proc.returncode != 0, proc.stdout
-    lines = proc.stderr.strip().splitlines()
+    lines = error_lines(proc) if isinstance(proc, subprocess.CompletedProcess) else proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert lines[0].startswith("fourierft ") and ": error: " in lines[0], lines[0]
@@ -149,3 +153,84 @@ def test_datasets_name_uses_its_splits_and_skips_unlabelled_test(tiny_bert: Path
     assert done.returncode == 0, done.stderr
     assert "datasets:glue (sst2)" in done.stdout and "'test' split has no labels" in done.stdout
     assert json.loads((out / "metrics.json").read_text())["sizes"] == {"train": 36, "validation": 8, "test": 4}
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["--epochs", "0"], ["--epochs", "must be >= 1"]),
+        (["--epochs", "-1"], ["--epochs", "must be >= 1"]),
+        (["--epochs", "nan"], ["--epochs", "finite"]),
+        (["--batch-size", "0"], ["--batch-size", "at least 1"]),
+        (["--max-length", "0"], ["--max-length", "at least 1"]),
+        (["--max-length", "-5"], ["--max-length", "at least 1"]),
+        (["--lr", "0"], ["--lr", "must be > 0"]),
+        (["--lr=-1e-3"], ["--lr", "must be > 0"]),
+        (["--head-lr", "inf"], ["--head-lr", "finite"]),
+        (["--n-frequency", "0"], ["--n-frequency", "at least 1"]),
+        (["--scaling", "0"], ["--scaling", "must not be 0"]),
+        (["--subsample", "1"], ["--subsample", "at least 2"]),
+        (["--max-steps", "0"], ["--max-steps", "positive step count"]),
+        (["--grad-accum", "0"], ["--grad-accum", "at least 1"]),
+        (["--eval-batch-size", "0"], ["--eval-batch-size", "at least 1"]),
+        (["--warmup", "-0.1"], ["--warmup", ">= 0"]),
+        (["--warmup", "2.5"], ["--warmup 2.5", "whole number"]),
+        (["--weight-decay", "-1"], ["--weight-decay", ">= 0"]),
+        (["--lora-r", "0"], ["--lora-r", "at least 1"]),
+        (["--lora-dropout", "1"], ["--lora-dropout", "in [0, 1)"]),
+        (["--seed", "-1"], ["--seed", "in [0, 4294967295]"]),
+        (["--random-loc-seed", str(2**70)], ["--random-loc-seed", "in [0, "]),
+        (["--evals-per-epoch", "0"], ["--evals-per-epoch", "at least 1"]),
+        (["--num-workers", "-1"], ["--num-workers", "at least 0"]),
+        (["--n-frequency-pattern", "query=0"], ["--n-frequency-pattern", "integers >= 1"]),
+        (["--target-modules", "q(uery"], ["--target-modules 'q(uery'", "not a valid regular expression"]),
+        (["--exclude-modules", "[a-"], ["--exclude-modules", "not a valid regular expression"]),
+        (["--modules-to-save", "classifier("], ["--modules-to-save", "not a valid regular expression"]),
+        (["--n-frequency-pattern", "que(ry=5"], ["--n-frequency-pattern", "not a valid regular expression"]),
+        (["--scheduler", "bogus"], ["--scheduler 'bogus'", "cosine"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("--") else None,
+)
+def test_bad_flag_values_exit_2_with_one_line(tiny_bert: Path, toy_csv: Path, tmp_path: Path, inproc, argv,
+                                              needles) -> None:
+    done = inproc("train", "--model", str(tiny_bert), "--data", str(toy_csv), "--out", str(tmp_path / "out"), *argv)
+    assert done.returncode == 2
+    fails(done, *needles)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("argv,needles", [(["--batch-size", "0"], ["--batch-size"]),
+                                          (["--subsample", "0"], ["--subsample"]),
+                                          (["--max-length", "-1"], ["--max-length"])])
+def test_bad_eval_flags(small_adapter: Path, inproc, argv, needles) -> None:
+    done = inproc("eval", str(small_adapter), *argv)
+    assert done.returncode == 2
+    fails(done, "fourierft eval: error", *needles)
+
+
+def test_model_folder_without_tokenizer_files(tiny_bert: Path, toy_csv: Path, tmp_path: Path, inproc) -> None:
+    """Weights and config but no vocabulary: an error, not a run on all-[UNK] inputs."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_bert.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            shutil.copy(f, bare / f.name)
+    fails(inproc("train", "--model", str(bare), "--data", str(toy_csv), "--out", str(tmp_path / "out")),
+          "no tokenizer files", "save_pretrained")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_eval_whose_recorded_base_is_missing_points_to_base(small_adapter: Path, tmp_path: Path, inproc) -> None:
+    import json
+    import shutil
+
+    moved = tmp_path / "adapter"
+    shutil.copytree(small_adapter, moved)
+    for name, key in (("fourierft_cli.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+        data = json.loads((moved / name).read_text())
+        data[key] = str(tmp_path / "gone" / "model")  # trained on another machine
+        (moved / name).write_text(json.dumps(data))
+    line = fails(inproc("eval", str(moved)), "was trained on", "not available here", "pass --base")
+    assert str(tmp_path / "gone" / "model") in line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from clitools import cli, ok
+from clitools import cli, error_lines, ok
 
 
 def test_frequency_biased_adapter_end_to_end(tiny_bert, toy_csv, tmp_path):
@@ -26,5 +26,5 @@ def test_band_options_without_frequency_biased_sampling_are_refused(tiny_bert, t
     proc = cli("train", "--model", str(tiny_bert), "--data", str(toy_csv), "--cpu", "--out", str(tmp_path / "x"),
                "--frequency-center", "3")
     assert proc.returncode == 2 and "frequency_center" in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert len(error_lines(proc)) == 1, proc.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
