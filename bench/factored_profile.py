@@ -4,7 +4,7 @@
 
 Prints, per LLaMA shape: the per-op CUDA time of one training step and one inference forward (torch.profiler), then
 median times of the factored path for each divisor ``N1`` near the cost model's choice, beside lowrank and the
-frozen layer in the same process.
+frozen layer in the same process. The timings go to ``bench/results/factored_profile-<UTC>.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import entries  # noqa: E402
+from bench.results import write_results  # noqa: E402
 from fourierft.kernels import clear_caches, factored, spectral_linear  # noqa: E402
 
 
@@ -40,7 +41,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008")
+    ap.add_argument("--results", default=None, help="results file (default bench/results/factored_profile-<UTC>.json)")
     a = ap.parse_args()
+    records = []
     dev, dt = "cuda", torch.bfloat16
     print(f"device: {torch.cuda.get_device_name()}; rows {a.rows}; n {a.n}; bf16")
     orig = factored.split_cost
@@ -67,8 +70,11 @@ def main() -> None:
 
         frozen_t = timed(lambda: (x @ w.T).backward(g))
         frozen_i = timed(lambda: torch.inference_mode()(lambda: x @ w.T)())
+        low_t, low_i = timed(step("lowrank")), timed(infer("lowrank"))
         print(f"\n## {shape}: frozen train {frozen_t:.3f} ms, infer {frozen_i:.3f} ms; "
-              f"lowrank train {timed(step('lowrank')):.3f}, infer {timed(infer('lowrank')):.3f}")
+              f"lowrank train {low_t:.3f}, infer {low_i:.3f}")
+        common = {"shape": shape, "n": a.n, "rows": a.rows, "frozen_train_ms": frozen_t, "frozen_infer_ms": frozen_i,
+                  "lowrank_train_ms": low_t, "lowrank_infer_ms": low_i}
         for fn, name in ((step("factored"), "train"), (infer("factored"), "infer")):
             fn()
             torch.cuda.synchronize()
@@ -85,9 +91,13 @@ def main() -> None:
             for n1 in divs:
                 factored.split_cost = lambda dd, nn, n1=n1, d=d: (n1, 0.0) if dd == d else orig(dd, nn)
                 clear_caches()
-                print(f"  N1={n1:5d}: train {timed(step('factored')):.3f} ms, infer {timed(infer('factored')):.3f} ms")
+                ft, fi = timed(step("factored")), timed(infer("factored"))
+                print(f"  N1={n1:5d}: train {ft:.3f} ms, infer {fi:.3f} ms")
+                records.append({**common, "split_size": d, "n1": n1, "cost_model_n1": n1 == choice,
+                                "factored_train_ms": ft, "factored_infer_ms": fi})
             factored.split_cost = orig
             clear_caches()
+    print(f"results: {write_results('factored_profile', records, out=a.results)}")
 
 
 if __name__ == "__main__":
