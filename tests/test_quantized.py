@@ -171,22 +171,25 @@ def test_torchao_int8_weight_only():
 
 
 def test_mixed_batch_on_a_quantized_base(saved_base):
-    """Rows through different adapters (two sharing entries, one not) on a 4-bit base equal each row run alone."""
+    """Rows through different adapters (two sharing entries, one not) on 4-bit layers equal each row alone. Checked
+    per layer: bitsandbytes' CPU 4-bit kernel rounds activations to bfloat16, so a whole model amplifies float32
+    rounding differences between equally exact adapter paths far beyond the adapters' own."""
     model = fourierft.get_peft_model(load(saved_base, "nf4-double"), fourierft.FourierFTConfig(**CONFIG), "a")
     model.add_adapter("b", fourierft.FourierFTConfig(**dict(CONFIG, scaling=80.0)))  # a's entries
     model.add_adapter("c", fourierft.FourierFTConfig(**dict(CONFIG, random_loc_seed=5)))
     model.eval()
-    ids = torch.randint(0, 64, (4, 7), generator=torch.Generator().manual_seed(3))
     names = ["c", "a", "__base__", "b"]
-    with torch.no_grad():
-        mixed = model(input_ids=ids, adapter_names=names).logits
-        for i, name in enumerate(names):
-            if name == "__base__":
-                with model.disable_adapter():
-                    ref = model(input_ids=ids[i:i + 1]).logits
-            else:
-                model.set_adapter(name)
-                ref = model(input_ids=ids[i:i + 1]).logits
-            torch.testing.assert_close(mixed[i], ref[0], rtol=1e-4, atol=1e-4)
-        model.set_adapter("a")  # a and b share entries, not coefficients: row 3 through a differs
-        assert not torch.allclose(mixed[3], model(input_ids=ids[3:]).logits[0], atol=1e-4)
+    for key in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        layer = model.base_model.model.get_submodule(key)
+        assert quantization_kind(layer.base_layer) == "bitsandbytes 4-bit"
+        x = torch.randn(4, 7, layer.in_features, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            mixed = layer(x, adapter_names=names)
+            for i, name in enumerate(names):
+                want = layer.base_layer(x[i:i + 1])[0].double()
+                if name != "__base__":
+                    want = want + x[i].double() @ dw64(layer, name).T
+                torch.testing.assert_close(mixed[i].double(), want, rtol=1e-5, atol=1e-5)
+            # a and b share entries, not coefficients
+            assert not torch.allclose(mixed[3], layer.base_layer(x[3:])[0] + layer.adapter_output("a", x[3]),
+                                      atol=1e-4)
