@@ -63,15 +63,6 @@ class FourierFTConfig(peft.FourierFTConfig):
     frequency_center: float | None = field(default=None, metadata={"help": "Band centre (frequency_biased)."})
     frequency_width: float | None = field(default=None, metadata={"help": "Band width (frequency_biased)."})
 
-    def __new__(cls, *args, **kwargs):
-        # PEFT's PeftConfig.from_peft_type (PeftConfig.from_pretrained, AutoPeftModel) drops keys that make the
-        # constructor raise "got an unexpected keyword argument", with a warning: refuse them here instead.
-        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls) if f.init})
-        if unknown:
-            raise TypeError(f"{cls.__name__} does not understand {unknown} (an adapter_config.json key may change the "
-                            "adapter's math): check the spelling, or upgrade fourierft")
-        return super().__new__(cls)
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if not _is_int(self.n_frequency) or self.n_frequency <= 0:
