@@ -196,8 +196,8 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
 
     def forward(self, x: torch.Tensor, *args, adapter_names: list[str] | None = None, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
+            if self.merged:  # the tuner unmerges when it disables; forward never changes the weights itself
+                warnings.warn("adapters are disabled but merged into the weights: unmerge them first")
             return self.base_layer(x, *args, **kwargs)
         if adapter_names is not None:
             return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
@@ -206,8 +206,12 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
             return result
         for name in self.active_adapters:
             if name in self.fourierft_spectrum:
-                result = result + self.adapter_output(name, x).to(result.dtype)
+                result = self.add_adapter_output(name, x, result)
         return result
+
+    def add_adapter_output(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result + adapter_output(adapter, x)``, in ``result``'s dtype."""
+        return result + self.adapter_output(adapter, x).to(result.dtype)
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """Row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none); see :mod:`mixed`."""
@@ -244,12 +248,22 @@ class Linear(FourierFTLayer):
 
     def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """``x @ dW.T``: ``(..., in_features) -> (..., out_features)`` in ``x.dtype``."""
+        return spectral_linear(x, *self._operands(adapter), self.out_features, self.in_features,
+                               self.scaling(adapter), path=self.compute_path)
+
+    def _operands(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(spectrum, rows, cols)`` of one adapter; a clear error for coefficients never loaded (meta)."""
         spectrum = self.fourierft_spectrum[adapter]
         if spectrum.device.type == "meta":
             self.get_delta_weight(adapter)  # raises the clear error
         rows, cols = self.entries(adapter)
-        return spectral_linear(x, spectrum, rows, cols, self.out_features, self.in_features, self.scaling(adapter),
-                               path=self.compute_path)
+        return spectrum, rows, cols
+
+    def add_adapter_output(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result + x @ dW.T``: the kernels add the frozen output inside their last matmul where they can (one
+        pass over the ``(..., out_features)`` output fewer)."""
+        return spectral_linear(x, *self._operands(adapter), self.out_features, self.in_features,
+                               self.scaling(adapter), path=self.compute_path, base=result)
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """As :meth:`FourierFTLayer._mixed_batch_forward`; adapters that share their entries go through one
