@@ -254,7 +254,7 @@ def test_release_01_stored_entries_adapter_loads(tmp_path, sampling):
     expected = _expected(_mlp().state_dict(), {"0": delta_weight(spectrum, rows, cols, 5, 6, 150.0, torch.float64)})
     with torch.no_grad():
         torch.testing.assert_close(model(X).double(), expected, rtol=1e-5, atol=1e-5)
-    with peft_own_layers(), pytest.raises(Exception, match="FOURIERFT_STORED_ENTRIES"):
+    with peft_own_layers(), pytest.raises(KeyError, match="FOURIERFT_STORED_ENTRIES"):
         peft.PeftModel.from_pretrained(_mlp(), tmp_path / "a")  # PEFT alone would draw other entries: refused
 
 
