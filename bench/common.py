@@ -117,6 +117,27 @@ def _linear_targets(model: nn.Module, case: str, targets: str) -> list[tuple[nn.
     return out
 
 
+def _with_peft_own_layers(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with fourierft unregistered, so PEFT builds its own FourierFT layers even after an ``ours-*``
+    variant registered fourierft in this process; the registration state is restored afterwards."""
+    try:
+        import fourierft
+    except ImportError:
+        return build()
+    was = fourierft.is_registered()
+    fourierft.unregister()
+    try:
+        model = build()
+    finally:
+        if was:
+            fourierft.register()
+    from peft.tuners.fourierft.layer import FourierFTLayer
+
+    if not any(isinstance(m, FourierFTLayer) and type(m).__module__.startswith("peft.") for m in model.modules()):
+        raise RuntimeError("the PEFT FourierFT peer was not built with PEFT's own layers")
+    return model
+
+
 def make_variant(variant: str, case: str, targets: str, n: int, scaling: float) -> tuple[nn.Module, dict]:
     """Fresh base model with ``variant`` applied; returns (model, batch)."""
     model, batch = build_base(case)
@@ -130,7 +151,8 @@ def make_variant(variant: str, case: str, targets: str, n: int, scaling: float) 
     elif variant == "peft-fourierft":
         from peft import FourierFTConfig, get_peft_model
 
-        model = get_peft_model(model, FourierFTConfig(n_frequency=n, scaling=scaling, target_modules=tm))
+        model = _with_peft_own_layers(
+            lambda: get_peft_model(model, FourierFTConfig(n_frequency=n, scaling=scaling, target_modules=tm)))
     elif variant.startswith("ours-"):
         from fourierft import FourierFTConfig, get_peft_model
 
