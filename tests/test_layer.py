@@ -154,3 +154,22 @@ def test_disabled_layer_is_the_base_layer():
     x = _input("linear")
     with model.disable_adapter(), torch.no_grad():
         assert torch.equal(layer(x), layer.get_base_layer()(x))
+
+
+@pytest.mark.parametrize("norm", ["forward", "ortho"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_ifft2_norm_reaches_every_layer_type(kind, norm):
+    """``dW = scaling * Re(ifft2(S, norm))`` by hand (float64) in the forward and the merge of each layer type."""
+    model, layer = _model(kind, ifft2_norm=norm)
+    d1, d2 = SHAPES[kind]
+    flat = torch.randperm(d1 * d2, generator=torch.Generator().manual_seed(31))[:9]
+    dense = torch.zeros(d1, d2, dtype=torch.complex128)
+    dense[flat // d2, flat % d2] = layer.fourierft_spectrum["default"].detach().double().to(torch.complex128)
+    dw = torch.fft.ifft2(dense, norm=norm).real * 40.0
+    x = _input(kind)
+    with torch.no_grad():
+        got = layer(x).double() - layer.get_base_layer()(x).double()
+    expected = _apply_reference(layer.get_base_layer(), kind, dw, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(layer.get_delta_weight("default").double(), dw, rtol=1e-5,
+                               atol=1e-6 * dw.abs().max().item())
