@@ -3,9 +3,10 @@
 State per adapter ``a`` (PEFT's names, so parameter names and checkpoints are PEFT's):
 
 * ``fourierft_spectrum[a]``: ``(n,)`` trainable coefficients (saved as ``<layer>.fourierft_spectrum``);
-* ``fourierft_indices[a]``: ``(2, n)`` int64 entries ``[rows; cols]``, regenerated from ``random_loc_seed`` (O(n),
-  :mod:`fourierft.entries`) and never saved, exactly as PEFT regenerates them; or, for non-uniform entries,
-  ``fourierft_rows[a]`` and ``fourierft_cols[a]`` ``(n,)`` each, which *are* saved (:mod:`fourierft.sampling`);
+* ``fourierft_seeded_rows[a]``, ``fourierft_seeded_cols[a]``: ``(n,)`` int64 entries, regenerated from
+  ``random_loc_seed`` (O(n), :mod:`fourierft.entries`) and never saved, exactly as PEFT regenerates them; or, for
+  non-uniform entries, ``fourierft_rows[a]`` and ``fourierft_cols[a]``, which *are* saved (:mod:`fourierft.sampling`).
+  Each is its own tensor, handed to the kernels as it is: their caches (bases, plans) live as long as it does;
 * ``fourierft_n_frequency[a]``, ``fourierft_scaling[a]``, ``fourierft_random_loc_seed[a]``: plain numbers.
 
 The layer computes ``y = base_layer(x) + sum over active, unmerged a of delta_a(x)`` where ``delta_a`` applies
@@ -40,13 +41,14 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
 
     adapter_layer_names = ("fourierft_spectrum",)
     other_param_names = ("fourierft_n_frequency", "fourierft_scaling", "fourierft_random_loc_seed",
-                         "fourierft_indices", "fourierft_rows", "fourierft_cols")
+                         "fourierft_seeded_rows", "fourierft_seeded_cols", "fourierft_rows", "fourierft_cols")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config, n_frequency: int, **kwargs) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.fourierft_spectrum = nn.ParameterDict({})
-        self.fourierft_indices = BufferDict({}, persistent=False)
+        self.fourierft_seeded_rows = BufferDict({}, persistent=False)
+        self.fourierft_seeded_cols = BufferDict({}, persistent=False)
         self.fourierft_rows = BufferDict({}, persistent=True)
         self.fourierft_cols = BufferDict({}, persistent=True)
         self.fourierft_n_frequency: dict[str, int] = {}
@@ -79,7 +81,7 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
         sampler = sampler_for(config) or spectral_entries
         rows, cols = sampler(d1, d2, n_frequency, config.random_loc_seed)
         if getattr(config, "entry_sampling", "uniform") == "uniform":
-            self.fourierft_indices[adapter_name] = torch.stack([rows, cols])  # (2, n)
+            self.fourierft_seeded_rows[adapter_name], self.fourierft_seeded_cols[adapter_name] = rows, cols
         else:
             self.fourierft_rows[adapter_name], self.fourierft_cols[adapter_name] = rows, cols
         self.fourierft_n_frequency[adapter_name] = n_frequency
@@ -121,8 +123,7 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
         """``(rows, cols)``, each ``(n,)`` int64, of one adapter."""
         if adapter_name in self.fourierft_rows:
             return self.fourierft_rows[adapter_name], self.fourierft_cols[adapter_name]
-        indices = self.fourierft_indices[adapter_name]
-        return indices[0], indices[1]
+        return self.fourierft_seeded_rows[adapter_name], self.fourierft_seeded_cols[adapter_name]
 
     def scaling(self, adapter_name: str) -> float:
         """The factor in front of PEFT's ``backward``-normalised ``ifft2``: ``scaling`` times the norm's factor."""

@@ -100,7 +100,7 @@ def test_same_entries_stay_peft_compatible(tmp_path):
     model.add_weighted_adapter(["a", "b"], [1.0, 3.0], "ab")
     assert model.peft_config["ab"].entry_sampling == "uniform"
     for _, layer in model.base_model.fourierft_layers():
-        assert torch.equal(layer.fourierft_indices["ab"], layer.fourierft_indices["a"])
+        assert torch.equal(layer.fourierft_seeded_rows["ab"], layer.fourierft_seeded_rows["a"])
     model.set_adapter("ab")
     model.save_pretrained(tmp_path, selected_adapters=["ab"])
     assert json.loads((tmp_path / "ab" / "adapter_config.json").read_text())["peft_type"] == "FOURIERFT"

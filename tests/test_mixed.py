@@ -111,8 +111,9 @@ def test_shared_entries_use_the_mixed_kernel_and_distinct_entries_do_not(monkeyp
     ids, mask = batch(len(names))
     shared = make("llama", targets, adapters=SHARED)
     layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
-    assert all(torch.equal(m.fourierft_indices["a"], m.fourierft_indices["b"]) for m in layers)
-    assert not any(torch.equal(m.fourierft_indices["a"][:, :25], m.fourierft_indices["c"]) for m in layers)
+    assert all(torch.equal(m.fourierft_seeded_rows["a"], m.fourierft_seeded_rows["b"])
+               and torch.equal(m.fourierft_seeded_cols["a"], m.fourierft_seeded_cols["b"]) for m in layers)
+    assert not any(torch.equal(m.fourierft_seeded_rows["a"][:25], m.fourierft_seeded_rows["c"]) for m in layers)
     check_rows(shared, "llama", names, ids, mask)
     assert calls == [2] * len(layers)  # a and b in one call per layer; c row-grouped
     calls.clear()

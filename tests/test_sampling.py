@@ -81,7 +81,7 @@ def test_biased_adapter_round_trip_and_peft_refuses(tmp_path):
         rows, cols = layer.entries("default")
         got = set(zip(rows.tolist(), cols.tolist()))
         assert len(got) == 30 and got <= band(layer.out_features, layer.in_features, 5.0, 4.0)
-        assert "default" in layer.fourierft_rows and "default" not in layer.fourierft_indices  # stored, not seeded
+        assert "default" in layer.fourierft_rows and "default" not in layer.fourierft_seeded_rows  # stored, not seeded
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "FOURIERFT_STORED_ENTRIES"
