@@ -32,9 +32,6 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
     "ifft2_norm": "backward", "alpha": None,
     "entry_sampling": "uniform", "frequency_center": None, "frequency_width": None,
 }
-# adapter_config.json keys that are bookkeeping, never math.
-_BOOKKEEPING_KEYS = {"peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision",
-                     "task_type", "inference_mode"}
 
 
 def _is_int(value: object) -> bool:
