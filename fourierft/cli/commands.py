@@ -56,8 +56,8 @@ def merge(args: argparse.Namespace) -> int:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"merged: base model {info_['base']} with adapter {args.adapter} folded into its weights, saved as a new "
-          f"model folder {out}/ (Hugging Face format: AutoModel*.from_pretrained('{out}'))")
+    print(f"merged: base model {info_['base']} + adapter {args.adapter} (dW added to a copy of the base weights), "
+          f"saved as a new model folder {out}/ (Hugging Face format: AutoModel*.from_pretrained('{out}'))")
     print(f"check: max |logits(merged) - logits(adapter)| = {max(diff, reload_diff):.2e} (after save and reload)")
     return 0
 

@@ -108,6 +108,9 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         use_cpu=args.cpu or not torch.cuda.is_available(),
         report_to=args.report_to, dataloader_num_workers=args.num_workers,
         label_names=["labels"], remove_unused_columns=False,
+        # instruct scores generated answers (AnswerAccuracy): evaluation needs the loss only, and gathering the
+        # logits would hold examples x length x vocabulary floats (64 x 100 x 49,152 for SmolLM2: 1.3 GB)
+        prediction_loss_only=task == "instruct",
         disable_tqdm=True,  # Progress draws the bar and the evaluation lines
     )
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # rank 0 chose the folders

@@ -30,7 +30,16 @@ def test_default_task_on_a_subsample(tmp_path: Path) -> None:
     assert m["params"]["head"] == 148_610  # classifier + pooler
     assert m["lr"] == 1e-1 and m["head_lr"] == 6e-3
     assert m["fourierft"]["init_weights"] is True  # the CLI starts from dW = 0 (PEFT's default is random)
-    assert json.loads((out / "adapter_config.json").read_text())["init_weights"] is True
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["init_weights"] is True
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"  # portable, not a local path
     assert m["after"]["val_accuracy"] >= m["before"]["val_accuracy"]
     for name in ("adapter_model.safetensors", "loss.png", "accuracy.png"):
         assert (out / name).is_file()
+    # eval finds the base from that name (the local package copy) and scores the run's own 64 test examples
+    # (the same seeded draw from the test split): it must print what training measured
+    ok(cli("eval", str(out), "--subsample", "64", "--json", str(tmp_path / "eval.json"), cwd=tmp_path))
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["examples"] == 64
+    assert result["accuracy"] == pytest.approx(m["after"]["test_accuracy"])
+    assert result["loss"] == pytest.approx(m["after"]["test_loss"], rel=1e-3)
