@@ -49,8 +49,8 @@ def int_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         value = int(_number(text, int))
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {'at least ' + str(low) if high is None else f'in [{low}, {high}]'}"
-                                             f", got {value}")
+            want = f"at least {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {want}, got {value}")
         return value
     parse.__name__ = "integer"
     return parse

@@ -100,7 +100,8 @@ def fit(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: str, h
         gradient_accumulation_steps=args.grad_accum, learning_rate=lr, weight_decay=args.weight_decay,
         warmup_steps=warmup, lr_scheduler_type=args.scheduler,
         logging_steps=args.logging_steps or max(1, spe // 10), eval_strategy="steps", eval_steps=every,
-        save_strategy="steps", save_steps=every, save_total_limit=1,  # the Trainer removes the old one after the new one is complete
+        # save_total_limit 1: the Trainer removes the old checkpoint only once the new one is complete
+        save_strategy="steps", save_steps=every, save_total_limit=1,
         seed=args.seed, bf16=args.bf16,
         fp16=args.fp16,
         # on a machine without a GPU, transformers runs torchrun's processes as independent single-process runs
