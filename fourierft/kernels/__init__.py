@@ -11,7 +11,7 @@ Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a 
               ``d1 x d2`` tensor anywhere. Best for large layers and moderate ``n`` (LLaMA-sized, n = 1000).
 * ``factored`` the lowrank path's two products computed as a DFT split once (Cooley-Tukey, ``d = N1 N2``) into two
               stages of small batched matmuls: ``d (4 N1 + 8 n / N1)`` flops per row instead of ``4 n d``. Best for
-              training large layers with n from about 2000 (LLaMA-sized on the GPU; bench/NOTES.md, run 4).
+              training large layers with n from about 2000 (LLaMA-sized on the GPU; docs/benchmarks.md, H100 run 4).
 
 ``auto`` (the default) measures the candidates once per layer key on CUDA and uses a flop model elsewhere
 (:mod:`fourierft.kernels.dispatch`; :func:`path_choices` shows what was chosen and why).

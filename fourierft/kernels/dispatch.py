@@ -30,12 +30,12 @@ logger = logging.getLogger("fourierft")
 # Cost of the factored path per row: S * (its flops, ``d * split_cost``, per transform) + K * (d1 + d2). Its small
 # batched matmuls run below the big GEMMs' rate (S) and each transform writes and reads a (T, 2d) stage-1 result
 # (K, per element of a row). H100: fitted on bench/kernels.py at LLaMA shapes, n = 1000 / 3000 / 10000 (bf16,
-# bench/NOTES.md): lowrank stays best at n = 1000, factored wins training from n ~ 2000 (1.1-2.1x over the next
+# docs/benchmarks.md): lowrank stays best at n = 1000, factored wins training from n ~ 2000 (1.1-2.1x over the next
 # path), never inference (the cached-dW GEMM or lowrank do). CPU: a rough fit (2 cores, fp32, 1024^2 and 2048^2).
 _FACTORED_COST = {"cuda": (2.0, 5_000.0), "cpu": (2.0, 3_000.0)}
 # Training cost of the gemm path per row, in units of d1 d2: forward, input grad and G = g^T x are 6; on the H100 the
 # dense complex ifft2 for dW and the rfft2 of G add about as much again (1.6 ms per 4096^2 layer against lowrank's
-# 0.9 ms at n = 1000, bench/NOTES.md).
+# 0.9 ms at n = 1000, docs/benchmarks.md).
 _GEMM_TRAIN = {"cuda": 10.0, "cpu": 6.0}
 # the paths auto chooses from, in tie-break order; the ones whose setup traces under torch.compile
 CANDIDATES: tuple[str, ...] = ("lowrank", "gemm", "factored")

@@ -19,7 +19,7 @@ stage 1 is an N1-point DFT of every row (a (2 N1, N1) matmul, ``4 N1 d`` flops),
 group of frequencies sharing ``f1`` (``8 m d`` flops, ``m`` = the largest group, about n / N1). Synthesis is the
 same two stages transposed. With N1 near ``sqrt(2n)`` that is ``d (4 N1 + 8 m)``: ~8x fewer flops than lowrank at
 n = 1000 and d = 4096, for any d with a divisor near there (no radix restriction: 11008 = 43 x 256). It is bound by
-memory, not flops: each transform writes and reads one ``(T, 2d)`` stage-1 result (bench/NOTES.md, run 4). Matmuls
+memory, not flops: each transform writes and reads one ``(T, 2d)`` stage-1 result (docs/benchmarks.md, H100 run 4). Matmuls
 run in the input dtype with fp32 accumulation; ``scale`` is the last matmul's alpha, as in ``_mm.py``.
 """
 

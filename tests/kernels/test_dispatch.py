@@ -16,7 +16,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def test_auto_choices():
-    # measured (bench/NOTES.md): BERT-sized on CPU -> gemm; LLaMA-sized n=1000 on GPU -> lowrank; from n ~ 2000 on
+    # measured (docs/benchmarks.md): BERT-sized on CPU -> gemm; LLaMA-sized n=1000 on GPU -> lowrank; from n ~ 2000 on
     # the GPU: factored to train (bench/kernels.py: 1.1-2.1x over the next path), the cached-dW gemm to infer
     assert choose_path(384, 384, 1000, device_type="cpu", training=True) == "gemm"
     assert choose_path(384, 1536, 1000, device_type="cpu", training=False) == "gemm"
