@@ -124,13 +124,8 @@ def _with_peft_own_layers(build: Callable[[], nn.Module]) -> nn.Module:
         import fourierft
     except ImportError:
         return build()
-    was = fourierft.is_registered()
-    fourierft.unregister()
-    try:
+    with fourierft.unregistered():
         model = build()
-    finally:
-        if was:
-            fourierft.register()
     from peft.tuners.fourierft.layer import FourierFTLayer
 
     if not any(isinstance(m, FourierFTLayer) and type(m).__module__.startswith("peft.") for m in model.modules()):

@@ -15,7 +15,8 @@ from .spectral import delta_weight
 _PEFT_NAMES = {
     "FourierFTConfig": ".config", "FourierFTModel": ".tuner", "FourierFTLayer": ".layer", "Linear": ".layer",
     "Conv2d": ".layer", "Embedding": ".layer", "PeftModel": ".registry", "get_peft_model": ".registry",
-    "register": ".registry", "unregister": ".registry", "is_registered": ".registry", "export_lora": ".export",
+    "register": ".registry", "unregister": ".registry", "is_registered": ".registry",
+    "unregistered": ".registry", "export_lora": ".export",
 }
 # PEFT's task-specific wrapper names: each dispatches on the config's task type, as PEFT's PeftModel does.
 _TASK_ALIASES = ("PeftModelForCausalLM", "PeftModelForFeatureExtraction", "PeftModelForQuestionAnswering",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import peft
 from peft import mapping
@@ -54,6 +56,19 @@ def unregister() -> None:
 
 def is_registered() -> bool:
     return bool(_saved)
+
+
+@contextmanager
+def unregistered() -> Iterator[None]:
+    """PEFT's own FourierFT inside the block (models built there keep PEFT's layers, e.g. as a reference); the
+    registration is as it was afterwards."""
+    was = is_registered()
+    unregister()
+    try:
+        yield
+    finally:
+        if was:
+            register()
 
 
 def get_peft_model(model, peft_config: peft.FourierFTConfig, adapter_name: str = "default", **kwargs):

@@ -148,21 +148,9 @@ def set_active_peft(twin, names: list[str]) -> None:
 def peft_own_layers():
     """A context in which PEFT builds its *own* FourierFT layers (``fourierft.unregister()``); the registration
     state from before is restored on exit. Models built inside keep PEFT's layers."""
-    from contextlib import contextmanager
-
     import fourierft
 
-    @contextmanager
-    def _ctx():
-        was = fourierft.is_registered()
-        fourierft.unregister()
-        try:
-            yield
-        finally:
-            if was:
-                fourierft.register()
-
-    return _ctx()
+    return fourierft.unregistered()
 
 
 def fourierft_layers_of(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:

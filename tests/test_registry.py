@@ -88,3 +88,19 @@ def test_unregistered_peft_config_is_peft_s_own_class():
     assert type(peft.PeftConfig.from_peft_type(peft_type="FOURIERFT")) is peft.FourierFTConfig
     fourierft.register()
     assert type(peft.PeftConfig.from_peft_type(peft_type="FOURIERFT")) is fourierft.FourierFTConfig
+
+
+def test_unregistered_block_builds_peft_layers_and_restores_the_state():
+    from torch import nn
+
+    fourierft.register()
+    with fourierft.unregistered():
+        assert not fourierft.is_registered()
+        model = peft.get_peft_model(nn.Sequential(nn.Linear(8, 8)), peft.FourierFTConfig(n_frequency=4,
+                                                                                         target_modules=["0"]))
+    assert fourierft.is_registered()
+    assert type(model.base_model.model[0]).__module__.startswith("peft.")
+    fourierft.unregister()
+    with fourierft.unregistered():
+        pass
+    assert not fourierft.is_registered()

@@ -13,7 +13,6 @@ the CPU, so there we ask for equality to 1e-6 relative.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -43,16 +42,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-@contextlib.contextmanager
-def peft_own():
-    """PEFT's own FourierFT inside the block; the registration as it was after it."""
-    was = fourierft.is_registered()
-    fourierft.unregister()
-    try:
-        yield
-    finally:
-        if was:
-            fourierft.register()
+peft_own = fourierft.unregistered  # PEFT's own FourierFT inside the block
 
 
 def base_model(name: str) -> tf.PreTrainedModel:
