@@ -45,8 +45,7 @@ def _killed_after_first_checkpoint(args: list[str], partial: Path) -> None:
     try:
         while proc.poll() is None:
             if any((c / "trainer_state.json").exists() for c in (partial / "checkpoints").glob("checkpoint-*")):
-                time.sleep(0.2)  # inside the next steps, possibly inside the next checkpoint's write
-                proc.kill()
+                proc.kill()  # within the next steps (a kill inside a checkpoint's write is staged below)
                 break
             time.sleep(0.02)
     finally:
@@ -60,7 +59,7 @@ def test_resume_after_a_kill_continues_to_the_same_result(tiny_bert: Path, toy_c
 
     # checkpoints at epoch ends: the Trainer's resume is exact there (mid-epoch, a resumed run draws the rest of the
     # epoch's shuffled order afresh); --keep-checkpoints keeps the last step's weights to compare
-    common = ["train", "--model", str(tiny_bert), "--data", str(toy_csv), "--epochs", "4", "--batch-size", "16",
+    common = ["train", "--model", str(tiny_bert), "--data", str(toy_csv), "--epochs", "12", "--batch-size", "16",
               "--n-frequency", "20", "--no-plots", "--keep-checkpoints"]
     out = tmp_path / "run"
     partial = out.with_name("run.partial")
@@ -80,11 +79,11 @@ def test_resume_after_a_kill_continues_to_the_same_result(tiny_bert: Path, toy_c
     ok(cli(*common, "--out", str(out), "--resume"))
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from"].endswith(complete.name)  # the newest complete checkpoint, not the torn one
-    assert m["global_step"] == 24  # 4 epochs x 6 steps
+    assert m["global_step"] == 72  # 12 epochs x 6 steps
     assert not partial.exists()
     ok(cli(*common, "--out", str(tmp_path / "straight")))  # the same run, never interrupted
-    resumed = load_file(out / "checkpoints" / "checkpoint-24" / "adapter_model.safetensors")
-    straight = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-24" / "adapter_model.safetensors")
+    resumed = load_file(out / "checkpoints" / "checkpoint-72" / "adapter_model.safetensors")
+    straight = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-72" / "adapter_model.safetensors")
     assert resumed.keys() == straight.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], straight[key], atol=1e-5, rtol=1e-4)
