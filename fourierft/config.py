@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import peft
 from peft.utils import PeftType
 
+from .io import check_adapter_folder
 from .sampling import STORED_PEFT_TYPE, check_sampling_fields
 
 IFFT2_NORMS = ("backward", "forward", "ortho")
@@ -96,9 +98,9 @@ class FourierFTConfig(peft.FourierFTConfig):
                                         or not all(isinstance(v, str) for v in value)):
                 raise ValueError(f"{name} must be a regex string or a list of module names, got {value!r}")
         layers = self.layers_to_transform
-        if layers is not None and not _is_int(layers) and (
-                not isinstance(layers, (list, tuple)) or not all(_is_int(i) for i in layers)):
-            raise ValueError(f"layers_to_transform must be a layer index or a list of them, got {layers!r}")
+        indices = [layers] if _is_int(layers) else layers if isinstance(layers, (list, tuple)) else None
+        if layers is not None and (indices is None or not all(_is_int(i) and i >= 0 for i in indices)):
+            raise ValueError(f"layers_to_transform must be a layer index >= 0 or a list of them, got {layers!r}")
         pattern = self.layers_pattern
         if pattern is not None and not isinstance(pattern, str) and (
                 not isinstance(pattern, (list, tuple)) or not all(isinstance(p, str) for p in pattern)):
@@ -129,6 +131,15 @@ class FourierFTConfig(peft.FourierFTConfig):
         if self.entry_sampling != "uniform":
             out["peft_type"] = STORED_PEFT_TYPE
         return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs):
+        """PEFT's; a local folder's files are checked first (PEFT's ``load_adapter`` reads this config before it
+        adds the adapter, so a damaged weights file is refused before anything changes)."""
+        path = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        if os.path.isdir(path):
+            check_adapter_folder(path, require_weights=False)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     @classmethod
     def from_peft_type(cls, **kwargs):

@@ -96,7 +96,9 @@ def _layer_factors(layer: FourierFTLayer, adapter_name: str, rank: int | None):
     return b, a, (err / norm if norm > 0 else err)
 
 
-def _check_exportable(layer: FourierFTLayer, name: str) -> None:
+def _check_exportable(layer: FourierFTLayer, name: str, adapter_name: str) -> None:
+    if layer.fourierft_spectrum[adapter_name].device.type == "meta":
+        layer.get_delta_weight(adapter_name)  # raises the clear error (never loaded, low_cpu_mem_usage=True)
     base = layer.get_base_layer()
     if isinstance(base, torch.nn.Conv2d) and base.groups != 1:
         raise ValueError(f"layer {name!r} is a grouped Conv2d (groups={base.groups}): LoRA export needs groups=1")
@@ -126,7 +128,9 @@ def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str
     """
     from peft.utils import get_peft_model_state_dict
 
-    tuner = peft_model.base_model
+    tuner = getattr(peft_model, "base_model", None)
+    if not hasattr(tuner, "fourierft_layers"):
+        raise TypeError(f"export_lora takes a peft.PeftModel with FourierFT adapters, got {type(peft_model).__name__}")
     if adapter_name not in tuner.peft_config:
         raise ValueError(f"unknown adapter {adapter_name!r}; adapters: {sorted(tuner.peft_config)}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -134,7 +138,7 @@ def export_lora(peft_model, save_directory: str | os.PathLike, adapter_name: str
     config = tuner.peft_config[adapter_name]
     layers = [(n, layer) for n, layer in tuner.fourierft_layers() if adapter_name in layer.fourierft_spectrum]
     for name, layer in layers:
-        _check_exportable(layer, name)
+        _check_exportable(layer, name, adapter_name)
     report = LoraExport(os.fspath(save_directory))
     tensors: dict[str, torch.Tensor] = {}
     fan_in_fan_out = False

@@ -15,6 +15,7 @@ The models are PEFT's own ``PeftModel`` classes; :class:`PeftModel` here is that
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,10 @@ from peft import mapping
 from peft.utils import PeftType
 
 from .config import FourierFTConfig
+from .io import check_adapter_folder
 from .sampling import STORED_PEFT_TYPE
 from .transaction import restoring
-from .tuner import FourierFTModel
+from .tuner import FourierFTModel, check_adapter_name
 
 _lock = threading.Lock()
 _saved: dict[str, object] = {}  # PEFT's own entries while registered
@@ -80,6 +82,10 @@ def get_peft_model(model, peft_config: peft.FourierFTConfig, adapter_name: str =
     if not isinstance(peft_config, peft.FourierFTConfig):
         raise TypeError(f"fourierft.get_peft_model takes a FourierFTConfig, got {type(peft_config).__name__}; "
                         "for other methods call peft.get_peft_model")
+    check_adapter_name(adapter_name)
+    if isinstance(model, peft.PeftModel):
+        raise ValueError("this model is a PeftModel already: add another adapter with "
+                         "peft_model.add_adapter(name, config), or wrap the unwrapped base model")
     register()
     with restoring(model):  # a failure leaves the caller's model unwrapped, its requires_grad flags unchanged
         return peft.get_peft_model(model, copy.deepcopy(peft_config), adapter_name=adapter_name, **kwargs)
@@ -108,6 +114,8 @@ class PeftModel(peft.PeftModel, metaclass=_PeftModelType):
                         config=None, **kwargs):
         """PEFT's ``PeftModel.from_pretrained`` (same arguments) with fourierft registered."""
         register()
+        if isinstance(model_id, (str, os.PathLike)) and os.path.isdir(model_id):  # before PEFT reads anything
+            check_adapter_folder(os.path.join(model_id, kwargs.get("subfolder") or ""), require_weights=True)
         with restoring(model):  # e.g. weights for another base: the caller's model stays unwrapped and unfrozen
             return peft.PeftModel.from_pretrained(model, model_id, adapter_name=adapter_name,
                                                   is_trainable=is_trainable, config=config, **kwargs)

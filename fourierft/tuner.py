@@ -30,6 +30,7 @@ from .config import matching_pattern
 from .layer import Conv2d, Embedding, FourierFTLayer, Linear, n_frequency_of
 from .mixed import adapter_names_hooks, batch_size
 from .quantized import merged_float_linear, quantization_kind
+from .sampling import check_entries
 from .transaction import Snapshot, restoring
 
 
@@ -144,7 +145,7 @@ class FourierFTModel(PeftFourierFTModel):
         """PEFT's key mapping, then a check that every coefficient and entry vector fits its layer; a misfit is
         refused before anything is written, and an adapter injected just for this load is removed again."""
         mapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        own = model.state_dict()
+        own, modules = model.state_dict(), dict(model.named_modules())
         prefix = "base_model.model."
         misfits = []
         for key, value in mapped.items():
@@ -152,6 +153,14 @@ class FourierFTModel(PeftFourierFTModel):
             if ".fourierft_" in key and target is not None and tuple(target.shape) != tuple(value.shape):
                 misfits.append(f"{key.removeprefix(prefix)}: {tuple(value.shape)} in the checkpoint, "
                                f"{tuple(target.shape)} in the model")
+            elif ".fourierft_rows." in key and target is not None:  # stored entries: in range, distinct
+                name = key.split(".fourierft_rows.")[0]
+                layer = modules.get(name, modules.get(prefix + name))
+                try:
+                    check_entries(value, mapped.get(key.replace("_rows.", "_cols."), value), layer.out_features,
+                                  layer.in_features, f"layer {key.removeprefix(prefix).split('.fourierft_')[0]!r}")
+                except ValueError as err:
+                    misfits.append(str(err))
         if misfits:
             tuner = getattr(model, "base_model", None)
             pending = getattr(tuner, "_before_injection", None)
@@ -263,8 +272,21 @@ class FourierFTModel(PeftFourierFTModel):
                     layer.unmerge()
         super()._enable_adapter_layers(enabled)
 
+    def _check_known(self, names) -> None:
+        """Refuse names that are no adapter of this model (PEFT skips them silently: nothing would be merged)."""
+        unknown = [n for n in ([names] if isinstance(names, str) else names) if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; adapters: {sorted(self.peft_config)}")
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """PEFT's; names that are no adapter of this model are refused before any layer changes."""
+        self._check_known(adapter_name)
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """PEFT's; with ``safe_merge`` every layer is checked before any changes (PEFT's stops half-way)."""
+        if adapter_names is not None:
+            self._check_known(adapter_names)
         for _, layer in self.fourierft_layers() if safe_merge else []:
             layer.check_merge(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
@@ -274,6 +296,8 @@ class FourierFTModel(PeftFourierFTModel):
         """PEFT's ``merge_and_unload``; with ``dequantize=True`` quantized adapted layers become float ``nn.Linear``
         layers holding ``dequantize(W) + dW`` (unadapted layers stay quantized). ``safe_merge`` checks every layer
         before any changes."""
+        if adapter_names is not None:
+            self._check_known(adapter_names)
         for _, layer in self.fourierft_layers() if safe_merge else []:
             layer.check_merge(adapter_names)
         if dequantize:
