@@ -1,6 +1,6 @@
 """pytest plugin that runs PEFT's own test files, unchanged, against fourierft.
 
-Loaded with ``-p fourierft_peft_plugin`` from a copy of the peft sdist's ``tests/`` folder (see ``run.py``). It
+Loaded with ``-p plugin`` (this folder on ``PYTHONPATH``) from a copy of the peft sdist's ``tests/`` folder (see ``run.py``). It
 
 * calls :func:`fourierft.register`, so every PEFT entry point the tests use (``get_peft_model``,
   ``PeftModel.from_pretrained``, ``inject_adapter_in_model``, ``load_adapter``, ...) builds fourierft's layers;
@@ -9,8 +9,6 @@ Loaded with ``-p fourierft_peft_plugin`` from a copy of the peft sdist's ``tests
 """
 
 from __future__ import annotations
-
-import gc
 
 import pytest
 
@@ -24,17 +22,28 @@ def pytest_configure(config):
     import fourierft
 
     fourierft.register()
+    _count_peft_built_layers()
 
 
-def _peft_built_fourierft_layers() -> int:
+_PEFT_BUILT: list[str] = []
+
+
+def _count_peft_built_layers() -> None:
+    """Record every FourierFT layer PEFT's own code constructs (cheaper than scanning the heap after each test)."""
     from peft.tuners.fourierft.layer import FourierFTLayer as PeftLayer
 
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, PeftLayer))
+    original = PeftLayer.__init__
+
+    def counting_init(self, *args, **kwargs):
+        _PEFT_BUILT.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    PeftLayer.__init__ = counting_init
 
 
 @pytest.fixture(autouse=True)
 def _only_fourierft_layers():
+    _PEFT_BUILT.clear()
     yield
-    count = _peft_built_fourierft_layers()
-    if count:
-        pytest.fail(f"{count} FourierFT layer(s) built by PEFT itself, not by fourierft")
+    if _PEFT_BUILT:
+        pytest.fail(f"{len(_PEFT_BUILT)} FourierFT layer(s) built by PEFT itself, not by fourierft: {_PEFT_BUILT[:3]}")
