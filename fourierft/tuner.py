@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from peft.tuners.fourierft import FourierFTModel as PeftFourierFTModel
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
 from .config import matching_pattern
@@ -300,6 +300,10 @@ class FourierFTModel(PeftFourierFTModel):
             self._check_known(adapter_names)
         for _, layer in self.fourierft_layers() if safe_merge else []:
             layer.check_merge(adapter_names)
+        for key, wrapper in self.model.named_modules() if safe_merge else []:  # the copy that replaces the module
+            if isinstance(wrapper, ModulesToSaveWrapper) and wrapper.active_adapters and not all(
+                    torch.isfinite(p).all() for p in wrapper.modules_to_save[wrapper.active_adapter].parameters()):
+                raise ValueError(f"NaNs detected in the modules_to_save copy of {key!r}: the adapter seems to be broken")
         if dequantize:
             self._dequantize_merge(adapter_names, safe_merge)
         return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)

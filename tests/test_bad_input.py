@@ -188,6 +188,13 @@ def nan_adapter(tmp=None) -> dict:
     return state
 
 
+def nan_head(tmp=None) -> dict:
+    state = wrapped(modules_to_save=["lin1"])
+    with torch.no_grad():
+        state["model"].base_model.model.lin1.modules_to_save["default"].weight[0, 0] = float("nan")
+    return state
+
+
 def merged(tmp=None) -> dict:
     state = two_adapters()
     state["model"].merge_adapter()
@@ -408,6 +415,8 @@ CASES = [
     # merging
     ("merge_adapter safe NaN", nan_adapter, lambda s: s["model"].merge_adapter(safe_merge=True), (E, r"NaN")),
     ("merge_and_unload safe NaN", nan_adapter, lambda s: s["model"].merge_and_unload(safe_merge=True), (E, r"NaN")),
+    ("merge_and_unload safe NaN modules_to_save", nan_head, lambda s: s["model"].merge_and_unload(safe_merge=True),
+     (E, r"NaN.*lin1")),
     ("merge_adapter unknown", two_adapters, lambda s: s["model"].merge_adapter(["nope"]), (E, r"nope")),
     ("merge_and_unload unknown", two_adapters, lambda s: s["model"].merge_and_unload(adapter_names=["nope"]),
      (E, r"nope")),
