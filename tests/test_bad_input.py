@@ -159,6 +159,14 @@ def _rows_out_of_range(t):
             t[k][0] = 10**6
 
 
+def _duplicate_rows(t):
+    for k in list(t):
+        if "fourierft_rows" in k:
+            cols = k.replace("_rows", "_cols")
+            t[k], t[cols] = t[k].clone(), t[cols].clone()
+            t[k][1], t[cols][1] = t[k][0], t[cols][0]
+
+
 def _lora_source():
     return peft.get_peft_model(build("mlp"), peft.LoraConfig(target_modules=["lin0"], r=2))
 
@@ -412,6 +420,11 @@ CASES = [
     ("set_adapter: list with unknown", two_adapters, lambda s: s["model"].base_model.set_adapter(["default", "nope"]),
      (E, r"nope")),
     ("set_adapter: 123", two_adapters, lambda s: s["model"].set_adapter(123), (E, r"123")),
+    ("delete: 123", wrapped, lambda s: s["model"].delete_adapter(123), (E, r"123")),
+    ("set_compute_path: unknown", wrapped, lambda s: s["model"].base_model.set_compute_path("bogus"), (E, r"bogus")),
+    ("load: duplicate stored entries",
+     lambda t: saved(t, _weights_edit(_duplicate_rows), entry_sampling="frequency_biased", frequency_center=3.0,
+                     frequency_width=4.0), load(), (E, r"distinct|repeat|duplicate")),
     # merging
     ("merge_adapter safe NaN", nan_adapter, lambda s: s["model"].merge_adapter(safe_merge=True), (E, r"NaN")),
     ("merge_and_unload safe NaN", nan_adapter, lambda s: s["model"].merge_and_unload(safe_merge=True), (E, r"NaN")),
