@@ -40,7 +40,7 @@ def _union(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d2: int
 
 
 def _check_args(tuner, adapters: list[str], weights: list[float], adapter_name: str) -> None:
-    from .tuner import check_adapter_name
+    from .targets import check_adapter_name
 
     check_adapter_name(adapter_name)
     if isinstance(adapters, str) or not adapters:

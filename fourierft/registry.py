@@ -28,7 +28,8 @@ from .config import FourierFTConfig
 from .io import check_adapter_folder
 from .sampling import STORED_PEFT_TYPE
 from .transaction import restoring
-from .tuner import FourierFTModel, check_adapter_name
+from .targets import check_adapter_name
+from .tuner import FourierFTModel
 
 _lock = threading.Lock()
 _saved: dict[str, object] = {}  # PEFT's own entries while registered
