@@ -16,7 +16,7 @@ _PEFT_NAMES = {
     "FourierFTConfig": ".config", "FourierFTModel": ".tuner", "FourierFTLayer": ".layer", "Linear": ".layer",
     "Conv2d": ".layer", "Embedding": ".layer", "PeftModel": ".registry", "get_peft_model": ".registry",
     "register": ".registry", "unregister": ".registry", "is_registered": ".registry",
-    "unregistered": ".registry", "export_lora": ".export",
+    "unregistered": ".registry", "export_lora": ".export", "save_pretrained": ".folder_io",
 }
 # PEFT's task-specific wrapper names: each dispatches on the config's task type, as PEFT's PeftModel does.
 _TASK_ALIASES = ("PeftModelForCausalLM", "PeftModelForFeatureExtraction", "PeftModelForQuestionAnswering",

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    """Call ``write(tmp_path)`` on a new file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    The file gets the permissions the umask gives, as ``open`` would give them (``mkstemp`` and safetensors' writer
+    make 0600)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    while True:
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask
+            break
+        except FileExistsError:
+            continue
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
