@@ -35,6 +35,9 @@ from .sampling import check_entries, sampler_for
 from .spectral import delta_weight
 
 
+_ORIGINAL = "_unmerged_weight"  # the buffer holding the weight from before the first merge
+
+
 class FourierFTLayer(nn.Module, BaseTunerLayer):
     """What every FourierFT layer shares: adapters' state, ``dW``, merging, forward. Subclasses say how ``dW`` is
     applied to an input (:meth:`adapter_output`) and on which matrix view of the weight it lives."""
@@ -153,7 +156,15 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add ``dW`` of the given (default: active) adapters into the base weight. With ``safe_merge`` nothing
-        changes if the result would hold NaN or inf."""
+        changes if the result would hold NaN or inf.
+
+        The weight from before the first merge is kept, so that :meth:`unmerge` restores it bit for bit (``W + dW -
+        dW`` rounds: in bf16 by up to ~4e-3). That costs a copy of the layer's weight while it is merged; the copy is
+        a non-persistent buffer (moved and cast by ``.to()``, never in ``state_dict`` or a checkpoint) and is freed
+        by the unmerge. ``merge_and_unload`` keeps none (:meth:`unload_and_optionally_merge_module`)."""
+        self._merge(safe_merge, adapter_names, keep_original=True)
+
+    def _merge(self, safe_merge: bool, adapter_names: list[str] | None, keep_original: bool) -> None:
         names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.fourierft_spectrum]
         if not names:
             return
@@ -166,9 +177,19 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
                 if not torch.isfinite(merged).all():
                     raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
         with torch.no_grad():
+            if keep_original and not self.merged_adapters:
+                self.register_buffer(_ORIGINAL, weight.detach().clone(), persistent=False)
             for name, delta in zip(names, deltas):
                 weight.data += delta
                 self.merged_adapters.append(name)
+
+    def unload_and_optionally_merge_module(self, merge: bool, safe_merge: bool,
+                                           adapter_names: list[str] | None) -> nn.Module:
+        """PEFT's ``merge_and_unload``/``unload`` call this: merge without keeping a copy of the weight (the layer is
+        dropped), and hand back the base layer."""
+        if merge:
+            self._merge(safe_merge, adapter_names, keep_original=False)
+        return self.get_base_layer()
 
     def check_merge(self, adapter_names: list[str] | None = None) -> None:
         """Raise ``ValueError`` if merging these (default: active) adapters would put NaN or inf into the weight."""
@@ -180,11 +201,17 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {names[-1]} seems to be broken")
 
     def unmerge(self) -> None:
-        """Subtract every merged adapter's ``dW`` again, newest first."""
+        """Put back the weight from before the first merge (bit for bit, see :meth:`merge`); where no copy was kept,
+        subtract every merged adapter's ``dW`` again, newest first."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
         with torch.no_grad():
+            original = self._buffers.get(_ORIGINAL)
+            if original is not None:
+                self.get_base_layer().weight.data.copy_(original)
+                delattr(self, _ORIGINAL)
+                self.merged_adapters.clear()
             while self.merged_adapters:
                 name = self.merged_adapters[-1]
                 self.get_base_layer().weight.data -= self._weight_delta(name)
