@@ -8,6 +8,7 @@ the model's layers, and warnings for entries that match nothing.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import warnings
 
@@ -99,3 +100,29 @@ def check_adapter_name(name: object) -> None:
     """An adapter name must be a non-empty string without ``.`` (it becomes a key of parameter dicts)."""
     if not isinstance(name, str) or not name or "." in name:
         raise ValueError(f"adapter name must be a non-empty string without '.', got {name!r}")
+
+
+def _same_model(recorded: str, given: str) -> bool:
+    """Whether two model names can mean the same model: equal (local folders resolved), or a hub id and a local
+    copy of it (``.../org/name``, or the hub cache's ``.../models--org--name/snapshots/<hash>``)."""
+    def norm(name: str) -> str:
+        name = name.rstrip("/\\")
+        return os.path.realpath(name) if os.path.isdir(name) else name
+
+    a, b = norm(recorded), norm(given)
+    return a == b or any(path.endswith("/" + hub) or f"/models--{hub.replace('/', '--')}/" in path + "/"
+                         for hub, path in ((a, b), (b, a)))
+
+
+def warn_other_base(config, model: nn.Module) -> None:
+    """Warn when an adapter's config records another base model (``base_model_name_or_path``) than the model it is
+    put on (``config._name_or_path``); PEFT does not look. Its weights may still fit (same layer shapes) and then
+    compute something else, so this warns before anything changes rather than refusing."""
+    recorded = getattr(config, "base_model_name_or_path", None)
+    given = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if isinstance(recorded, str) and isinstance(given, str) and recorded and given and not _same_model(recorded,
+                                                                                                       given):
+        warnings.warn(f"this adapter was trained on base model {recorded!r} (base_model_name_or_path in its "
+                      f"adapter_config.json), but the model given is {given!r}: load the adapter onto {recorded!r}; "
+                      "if the two are the same model under other names, set base_model_name_or_path to the one "
+                      "you load (or ignore this warning)", UserWarning, stacklevel=3)

@@ -30,7 +30,7 @@ from .mixed import adapter_names_hooks, batch_size
 from .quantized import merged_float_linear, quantization_kind
 from .sampling import check_entries
 from .targets import (ancestors, check_adapter_name, is_adaptable, is_excluded, layer_class_for, no_match_hint,
-                      warn_unmatched)
+                      warn_other_base, warn_unmatched)
 from .transaction import restoring
 
 
@@ -41,8 +41,10 @@ class FourierFTModel(PeftFourierFTModel):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict=None) -> None:
-        """PEFT's ``inject_adapter``, all or nothing: on any error no layer is wrapped or changed."""
+        """PEFT's ``inject_adapter``, all or nothing: on any error no layer is wrapped or changed. A config that
+        records another base model than ``model`` is warned about first (``from_pretrained``, ``load_adapter``)."""
         check_adapter_name(adapter_name)
+        warn_other_base(self.peft_config[adapter_name], model)
         try:
             with restoring(self, model) as before:
                 super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,

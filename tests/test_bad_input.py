@@ -179,6 +179,24 @@ def other_base() -> nn.Module:
     return model
 
 
+def named_bert(name: str) -> nn.Module:
+    """The tiny BERT as if loaded from ``name`` (what ``from_pretrained`` records: config and model)."""
+    model = build("bert")
+    model.config._name_or_path = model.name_or_path = name
+    return model
+
+
+def saved_for(recorded: str, given: str):
+    """A checkpoint trained on base ``recorded``, and a model named ``given`` to load it into."""
+    def setup(tmp) -> dict:
+        bert_cfg = lambda: FourierFTConfig(n_frequency=10, target_modules=["query"])  # noqa: E731
+        ckpt = os.path.join(tmp, "ckpt")
+        fourierft.get_peft_model(named_bert(recorded), bert_cfg()).save_pretrained(ckpt)
+        return {"model": named_bert(given), "peft": fourierft.get_peft_model(named_bert(given), bert_cfg()),
+                "ckpt": ckpt, "dirs": [ckpt]}
+    return setup
+
+
 def emb_model(tmp=None) -> dict:
     class M(nn.Module):
         def __init__(self):
@@ -363,6 +381,10 @@ CASES = [
     ("from_pretrained: missing folder", lambda t: {**saved(t), "ckpt": os.path.join(t, "nope")}, load(into="base"),
      (E, r"nope")),
     ("load: existing name", saved, load(name="default"), (E, r"default")),
+    ("from_pretrained: recorded base differs", saved_for("org/model-a", "org/model-b"), load(into="base"),
+     ("warn", r"trained on base model 'org/model-a'.*the model given is 'org/model-b': load the adapter onto")),
+    ("load: recorded base differs", saved_for("org/model-a", "org/model-b"), load(),
+     ("warn", r"trained on base model 'org/model-a'.*the model given is 'org/model-b'")),
     ("load: name 'v1.2'", saved, load(name="v1.2"), (E, r"adapter name")),
     ("from_pretrained: name ''", saved, load(name="", into="base"), (E, r"adapter name")),
     ("from_pretrained: wrong base", lambda t: {**saved(t), "model": other_base()}, load(into="base"),
@@ -518,6 +540,26 @@ def test_bad_call_is_a_clear_error_and_changes_nothing(setup, action, expected, 
     message = str(info.value)
     assert len(message) > 15 and re.search(pattern, message, re.S), \
         f"unclear error {type(info.value).__name__}: {message!r}"
+
+
+@pytest.mark.parametrize("given", ["org/model-a", "", "/models/org/model-a/",
+                                   "/cache/hub/models--org--model-a/snapshots/0123abcd"])
+def test_no_base_model_warning_for_the_recorded_base_or_an_unnamed_one(given, tmp_path):
+    """The same model (also a local copy of the hub id) or a model without a name: loaded without that warning."""
+    state = saved_for("org/model-a", given)(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*trained on base model")
+        fourierft.PeftModel.from_pretrained(state["model"], state["ckpt"])
+        state["peft"].load_adapter(state["ckpt"], adapter_name="other")
+
+
+def test_peft_itself_does_not_check_the_recorded_base(tmp_path):
+    """Why fourierft warns: PEFT 0.21 loads an adapter recorded for another base without a word."""
+    state = saved_for("org/model-a", "org/model-b")(str(tmp_path))
+    with fourierft.unregistered(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft.PeftModel.from_pretrained(state["model"], state["ckpt"])
+    assert not [w for w in caught if "model-a" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_deleting_the_last_adapter_leaves_a_wrapper_that_takes_a_new_one():
