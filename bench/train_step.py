@@ -121,6 +121,17 @@ def fmt_table(title, rows, floor_key, peft_key):
     return "\n".join(lines)
 
 
+def _auto_choices() -> str:
+    """What ``auto`` chose for each layer key in this process, and why (measured times or the flop model)."""
+    try:
+        from fourierft.kernels import path_choices
+    except ImportError:
+        return ""
+    lines = [f"  {k}: {c.path} ({c.how}: " + ", ".join(f"{p} {t * 1e3:.3f} ms" for p, t in c.seconds.items()) + ")"
+             for k, c in path_choices().items()]
+    return "auto's choices (key: device, out, in, n, dtype, training):\n" + "\n".join(lines) if lines else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", choices=["gpu", "gpu-gqa", "cpu"], required=True)
@@ -186,6 +197,10 @@ def main() -> None:
             out.append(fmt_table(f"inference forward, {a.case}, targets {tg} (unmerged unless named)", rows,
                                  "frozen", "peft-fourierft"))
             print(out[-1], flush=True)
+    choices = _auto_choices()
+    if choices:
+        out.append(choices)
+        print(choices, flush=True)
     if a.out:
         Path(a.out).write_text("\n\n".join(out) + "\n")
     if records:

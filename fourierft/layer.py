@@ -289,9 +289,10 @@ class Linear(FourierFTLayer):
 
     def add_adapter_output(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """``result + x @ dW.T``: the kernels add the frozen output inside their last matmul where they can (one
-        pass over the ``(..., out_features)`` output fewer)."""
+        pass over the ``(..., out_features)`` output fewer); ``result`` is this forward's own temporary, so outside
+        autograd they may add into it in place."""
         return spectral_linear(x, *self._operands(adapter), self.out_features, self.in_features,
-                               self.scaling(adapter), path=self.compute_path, base=result)
+                               self.scaling(adapter), path=self.compute_path, base=result, consume_base=True)
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """As :meth:`FourierFTLayer._mixed_batch_forward`; adapters that share their entries go through one

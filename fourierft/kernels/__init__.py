@@ -22,10 +22,9 @@ path can). :func:`spectral_linear_mixed` serves a batch whose rows use different
 Caches (cos/sin bases, factored plans, the inference ``dW``) live as long as the tensors they were built from
 (:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one spectrum's cached ``dW``, :func:`clear_caches` all.
 
-``torch.compile``: ``spectral_linear`` traces without graph breaks on ``auto``, ``dense``, ``gemm`` and
-``lowrank`` (bases are then built inside the graph, no Python-side cache is consulted, and ``auto`` is a
-trace-time constant that never picks ``factored``, whose plan is built outside graphs: forcing it breaks the graph
-there).
+``torch.compile``: ``spectral_linear`` traces without graph breaks on every path. ``lowrank`` and ``factored`` enter
+the graph as opaque custom ops whose bodies keep their caches (:mod:`.opaque`); ``gemm`` and ``dense`` are traced
+(``dW`` built in the graph); ``auto`` is a trace-time constant (the measured choice, else the flop model).
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from .gemm import delta_weight_cached
 from .mixed import spectral_linear_mixed
 from .paths import FUSED as _FUSED
 from .paths import IMPLS as _IMPLS
+from .opaque import OPAQUE, opaque_linear
 
 Path = Literal["auto", "dense", "gemm", "lowrank", "factored"]
 PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "factored")
@@ -77,12 +77,15 @@ def spectral_linear(
     path: Path = "auto",
     *,
     base: torch.Tensor | None = None,
+    consume_base: bool = False,
 ) -> torch.Tensor:
     """``x @ dW.T``: ``x`` is ``(..., in_features)``, the result ``(..., out_features)`` in ``x.dtype``.
 
     With ``base`` (the frozen layer's output, ``(..., out_features)``) it returns ``base + x @ dW.T`` in
     ``base.dtype``; lowrank and factored (always) and gemm (at inference) then fuse the addition into their last
-    matmul (one pass over the output fewer), the other paths add afterwards. Layers should pass it.
+    matmul (one pass over the output fewer), the other paths add afterwards. Layers should pass it. With
+    ``consume_base`` the caller gives ``base`` up (a temporary of its own): outside autograd the sum may then be
+    written into it and ``base`` itself returned.
 
     ``spectrum``: ``(n,)`` float32 coefficients; ``rows``, ``cols``: ``(n,)`` int64 entries on the same device.
     ``dW = scaling * Re(ifft2(S))`` (:func:`fourierft.spectral.delta_weight`). Differentiable w.r.t. ``x`` and
@@ -99,8 +102,8 @@ def spectral_linear(
         if x.dtype == torch.float32 and dtype != torch.float32:
             x = x.to(dtype)
         with torch.autocast(dev, enabled=False):
-            return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
-    return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base)
+            return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base, consume_base)
+    return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base, consume_base)
 
 
 def adapted_linear(
@@ -120,14 +123,24 @@ def adapted_linear(
     output dtype. The frozen output is handed to :func:`spectral_linear` as ``base``, so the paths that can add it
     inside their last matmul do."""
     return spectral_linear(x, spectrum, rows, cols, out_features, in_features, scaling, path,
-                           base=torch.nn.functional.linear(x, weight, bias))
+                           base=torch.nn.functional.linear(x, weight, bias), consume_base=True)
 
 
-def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base):
+def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base, consume_base):
     if path == "auto":
         training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
         path = resolve_path(x, spectrum, rows, cols, out_features, in_features, scaling, training)
-    if base is not None and path in _FUSED and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]:
-        return _FUSED[path](x, spectrum, rows, cols, out_features, in_features, scaling, base=base)
+    fusable = base is not None and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]
+    if path in OPAQUE and torch.compiler.is_compiling():  # one custom-op node: its caches, nothing rebuilt in-graph
+        y = opaque_linear(path, x, spectrum, rows, cols, out_features, in_features, scaling, base if fusable else None)
+        return y if base is None or fusable else base + y.to(base.dtype)
+    if fusable and path in _FUSED:
+        # A consumable frozen output (a fresh tensor from the base layer) takes the sum in place when no autograd
+        # graph is recorded: cuBLAS adds into it (beta = 1) instead of first copying it into a new output, a
+        # device-to-device copy per layer and call (0.7 ms of an all-linear LLaMA forward, H200,
+        # bench/profile_step.py). Under autograd or torch.compile it stays out of place.
+        into = (consume_base and not torch.is_grad_enabled() and not base.requires_grad and base.is_contiguous()
+                and not torch.compiler.is_compiling())
+        return _FUSED[path](x, spectrum, rows, cols, out_features, in_features, scaling, base=base, into_base=into)
     y = _IMPLS[path](x, spectrum, rows, cols, out_features, in_features, scaling)
     return y if base is None else base + y.to(base.dtype)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import torch
 
 
-def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> torch.Tensor:
-    """``base + alpha * a @ b`` (``base`` optional, same dtype); ``a``: ``(T, k)``, ``b``: ``(k, m)``."""
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
+              into_base: bool = False) -> torch.Tensor:
+    """``base + alpha * a @ b`` (``base`` optional, same dtype); ``a``: ``(T, k)``, ``b``: ``(k, m)``. With
+    ``into_base`` the sum is written into ``base`` (beta = 1 on it: no copy of ``base`` first) and returned."""
     if base is not None:
-        return torch.addmm(base, a, b, alpha=alpha)
+        return torch.addmm(base, a, b, alpha=alpha, out=base if into_base else None)
     # beta = 0: the (broadcast) zero input is never read or copied
     return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
 

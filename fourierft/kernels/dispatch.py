@@ -10,8 +10,8 @@ The choice is made per key ``(device, out_features, in_features, n, dtype, train
 
 Every choice made is kept in a table owned by this module (:func:`path_choices` returns it) and logged once on
 the ``"fourierft"`` logger at INFO level. Under ``torch.compile`` the choice is a trace-time constant
-(:func:`static_path`): the table is read, never written, and paths whose setup cannot be traced (``factored``
-builds its plan outside graphs) are not picked.
+(:func:`static_path`): the table is read, never written (every candidate runs there: lowrank and factored as
+opaque custom ops, :mod:`.opaque`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ _FACTORED_COST = {"cuda": (2.0, 5_000.0), "cpu": (2.0, 3_000.0)}
 # dense complex ifft2 for dW and the rfft2 of G add about as much again (1.6 ms per 4096^2 layer against lowrank's
 # 0.9 ms at n = 1000, docs/benchmarks.md).
 _GEMM_TRAIN = {"cuda": 10.0, "cpu": 6.0}
-# the paths auto chooses from, in tie-break order; the ones whose setup traces under torch.compile
+# the paths auto chooses from, in tie-break order (eager and under torch.compile alike)
 CANDIDATES: tuple[str, ...] = ("lowrank", "gemm", "factored")
-_TRACEABLE: tuple[str, ...] = ("lowrank", "gemm")
 # gemm holds a d1 x d2 dW per layer (saved for backward, cached at inference: peak 3.51 against 2.86 GiB for lowrank,
 # all-linear inference of the 4-layer LLaMA-7B-shaped model, H200, bench/train_step.py); measured, it is kept only
 # when it is more than this much faster than the best other path
@@ -120,10 +119,20 @@ def _record(key: tuple, choice: Choice) -> str:
     return choice.path
 
 
+# GPU cycles of busy-waiting queued before a timed batch (about 5 ms at an H200's 1.98 GHz): the host enqueues the
+# timed calls while the GPU is still busy, so the events measure GPU time. Without it a path of many small kernels
+# (factored: ~30 launches a training call) was timed by its launch latency: measured alone it lost to lowrank by
+# 1.6x on every LLaMA shape, in the model it trained the all-linear step 8% faster (H200, bench/train_step.py
+# and bench/kernels.py, 2026-12-01). Inside a model the host runs ahead of the big GEMMs just so.
+_PAD_CYCLES = 10_000_000
+
+
 def cuda_timer(path: str, fn: Callable[[], object], calls: int = 3) -> float:
-    """Seconds per call of ``fn()`` (of ``path``) on the current CUDA stream, by CUDA events around ``calls``
-    back-to-back calls: in a model the host runs ahead of the GPU, so launch gaps that one synchronised call
-    would show (paths of many small kernels) are mostly hidden; so here."""
+    """Seconds of GPU time per call of ``fn()`` (of ``path``) on the current CUDA stream, by CUDA events around
+    ``calls`` back-to-back calls queued behind a busy-wait (``_PAD_CYCLES``), so host launch gaps do not count."""
+    pad = getattr(torch.cuda, "_sleep", None)  # PyTorch's own busy-wait kernel; without it, launch gaps count
+    if pad is not None:
+        pad(_PAD_CYCLES)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(calls):
@@ -206,8 +215,8 @@ def tune(
 
 
 def static_path(out_features: int, in_features: int, n: int, device: str, dtype: torch.dtype, training: bool) -> str:
-    """The path under ``torch.compile``: the measured choice if there is one (restricted to paths that trace),
-    else the flop model's between those paths. Read-only.
+    """The path under ``torch.compile``: the measured choice if there is one, else the flop model's between
+    lowrank and gemm. Read-only.
 
     Written to be traced by dynamo with Python ints (constant-folded) or symbolic sizes (``dynamic=True``, shapes
     read off tensors): only comparisons, which dynamo turns into guards, so the choice is a constant of the graph
@@ -215,11 +224,7 @@ def static_path(out_features: int, in_features: int, n: int, device: str, dtype:
     for key, hit in _choices.items():
         if key[0] == device and key[4] == dtype and key[5] == training and key[1] == out_features \
                 and key[2] == in_features and key[3] == n:
-            if hit.path in _TRACEABLE:
-                return hit.path
-            best = _fastest(hit.seconds, _TRACEABLE)
-            if best:
-                return best
+            return hit.path
     device_type = device.split(":")[0]
     d1, d2 = out_features, in_features
     if training:

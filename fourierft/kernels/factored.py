@@ -59,19 +59,28 @@ class Plan:
         return self.n1 * 2 * self.m
 
 
+# bf16/fp16 GEMMs on tensor cores want 16-byte aligned leading dimensions: stage 1 reads ``x`` as (n1, n2) blocks
+# and multiplies by an (2 n1, n1) DFT, so n1 and n2 both multiples of 8 keep cuBLAS on its fast kernels. With
+# 11008 = 43 x 256 the unaligned split (n1 = 43) fell back to sm75-era kernels taking 0.3 ms per call on an H200
+# (bench/profile_step.py, docs/benchmarks.md); an aligned split is taken whenever d has one.
+ALIGN = 8
+
+
 @functools.lru_cache(maxsize=256)
 def split_cost(d: int, n: int) -> tuple[int, float]:
     """The divisor ``N1`` of ``d`` minimising ``4 N1 + 8 m`` with ``m`` the expected largest group of n uniform
-    frequencies in N1 groups (mean plus 3 standard deviations), and that cost per element of a row."""
-    best = (1, 4.0 + 8.0 * n)
+    frequencies in N1 groups (mean plus 3 standard deviations), and that cost per element of a row. Splits with
+    ``N1`` and ``d / N1`` both multiples of :data:`ALIGN` are preferred whenever ``d`` has one."""
+    best = {True: (1, 4.0 + 8.0 * n), False: (1, 4.0 + 8.0 * n)}  # aligned -> best so far
     for n1 in range(2, d // 2 + 1):
         if d % n1:
             continue
         mean = n / n1
         cost = 4.0 * n1 + 8.0 * (mean + 3.0 * math.sqrt(mean) + 1.0)
-        if cost < best[1]:
-            best = (n1, cost)
-    return best
+        aligned = n1 % ALIGN == 0 and (d // n1) % ALIGN == 0
+        if cost < best[aligned][1]:
+            best[aligned] = (n1, cost)
+    return best[True] if best[True][0] > 1 else best[False]
 
 
 def _cos_sin(m: torch.Tensor, d: int, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,9 +148,11 @@ def weights(spectrum: torch.Tensor, p: Plan, dtype: torch.dtype) -> torch.Tensor
 
 
 def synthesis(
-    z: torch.Tensor, p: Plan, w: torch.Tensor, alpha: float, base: torch.Tensor | None = None
+    z: torch.Tensor, p: Plan, w: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
+    into_base: bool = False,
 ) -> torch.Tensor:
-    """``base + alpha Re(sum_k w_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped."""
+    """``base + alpha Re(sum_k w_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped;
+    written into ``base`` (contiguous) itself with ``into_base``."""
     t = z.shape[1]
     zg = z.view(p.n1, 2 * p.m, t).transpose(1, 2)  # (n1, T, 2m), a strided view
     inv = p.inv_twiddle * w.view(1, p.n1, 2 * p.m, 1)  # the coefficients ride on the small matrix, not on z
@@ -150,36 +161,49 @@ def synthesis(
     torch.bmm(zg, inv[1], out=b[1])  # Im B
     b = b.view(2 * p.n1, t, p.n2).transpose(0, 1)  # (T, 2 n1, n2): rows (re/im, f1), a strided view
     inp = z.new_zeros(()) if base is None else base.reshape(t, p.n1, p.n2)
-    y = torch.baddbmm(inp, p.inv_dft.expand(t, -1, -1), b, beta=0.0 if base is None else 1.0, alpha=alpha)
+    y = torch.baddbmm(inp, p.inv_dft.expand(t, -1, -1), b, beta=0.0 if base is None else 1.0, alpha=alpha,
+                      out=inp if into_base and base is not None else None)
     return y.view(t, p.n1 * p.n2)  # stage 1
+
+
+def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False):
+    """``(y, xk)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``xk`` ``(2n, T)``, the
+    ``[Re X_k; Im X_k]`` of ``x`` at the entries' column frequencies, all that the backward needs."""
+    xu = analysis(x, pv).index_select(0, regroup(pv, pu))  # X in u's grouped layout: (pu.rows, T)
+    y = synthesis(xu, pu, weights(spectrum, pu, xu.dtype), scale, base, into_base)  # (T, d1)
+    return y, xu.index_select(0, pu.row)
+
+
+def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool):
+    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``."""
+    gu = analysis(g.to(xk.dtype).contiguous(), pu)  # (pu.rows, T)
+    grad_x = grad_c = None
+    if need_x:
+        gv = gu.index_select(0, regroup(pu, pv))
+        grad_x = synthesis(gv, pv, weights(spectrum, pv, gv.dtype), scale)
+    if need_c:
+        r = summed_products(gu.index_select(0, pu.row), xk, 1)  # (2n,): over the T rows
+        n = spectrum.shape[0]
+        grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)  # Re(G X) = Gr Xr - Gi Xi
+    return grad_x, grad_c
 
 
 class FactoredSpectralLinear(torch.autograd.Function):
     """``y = base + x @ dW.T`` through the factored DFT. ``x``: ``(T, d2)``; plans for (u, d1) and (v, d2)."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, pu, pv, scale, base=None):  # noqa: D102 (shapes in the module docstring)
-        xu = analysis(x, pv).index_select(0, regroup(pv, pu))  # X in u's grouped layout: (pu.rows, T)
-        y = synthesis(xu, pu, weights(spectrum, pu, xu.dtype), scale, base)  # (T, d1)
-        ctx.save_for_backward(xu, spectrum)
+    def forward(ctx, x, spectrum, pu, pv, scale, base=None, into_base=False):  # noqa: D102 (shapes: module doc)
+        y, xk = factored_forward(x, spectrum, pu, pv, scale, base, into_base)
+        ctx.save_for_backward(xk, spectrum)
         ctx.plans, ctx.scale = (pu, pv), scale
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        xu, spectrum = ctx.saved_tensors
-        pu, pv = ctx.plans
-        gu = analysis(g.to(xu.dtype).contiguous(), pu)  # (pu.rows, T)
-        grad_x = grad_c = None
-        if ctx.needs_input_grad[0]:
-            gv = gu.index_select(0, regroup(pu, pv))
-            grad_x = synthesis(gv, pv, weights(spectrum, pv, gv.dtype), ctx.scale)
-        if ctx.needs_input_grad[1]:
-            r = summed_products(gu, xu, 1)[pu.row]  # (2n,): over the T rows
-            n = spectrum.shape[0]
-            grad_c = ((r[:n] - r[n:]) * ctx.scale).to(spectrum.dtype)  # Re(G X) = Gr Xr - Gi Xi
+        xk, spectrum = ctx.saved_tensors
+        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, *ctx.needs_input_grad[:2])
         grad_base = g if ctx.needs_input_grad[5] else None
-        return grad_x, grad_c, None, None, None, grad_base
+        return grad_x, grad_c, None, None, None, grad_base, None
 
 
 def factored_linear(
@@ -191,13 +215,14 @@ def factored_linear(
     in_features: int,
     scaling: float,
     base: torch.Tensor | None = None,
+    into_base: bool = False,
 ) -> torch.Tensor:
-    """``x @ dW.T`` (plus ``base`` ``(..., d1)`` in ``x``'s dtype, fused into the last matmul) for ``x`` of shape
-    ``(..., in_features)``; computed and returned in ``x.dtype``."""
+    """``x @ dW.T`` (plus ``base`` ``(..., d1)`` in ``x``'s dtype, fused into the last matmul; written into ``base``
+    itself with ``into_base``) for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``."""
     pu = plan(rows, out_features, x.dtype)
     pv = plan(cols, in_features, x.dtype)
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features).contiguous()
     b2 = None if base is None else base.reshape(-1, out_features)
-    y = FactoredSpectralLinear.apply(x2, spectrum, pu, pv, scale, b2)
+    y = FactoredSpectralLinear.apply(x2, spectrum, pu, pv, scale, b2, into_base)
     return y.reshape(*x.shape[:-1], out_features)

@@ -107,11 +107,12 @@ def gemm_linear(
     in_features: int,
     scaling: float,
     base: torch.Tensor | None = None,
+    into_base: bool = False,
 ) -> torch.Tensor:
     """``x @ dW.T`` (``+ base``) for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``.
 
-    At inference a ``base`` of ``x``'s dtype is added inside the GEMM (``addmm``, beta = 1); in training it is
-    added afterwards."""
+    At inference a ``base`` of ``x``'s dtype is added inside the GEMM (``addmm``, beta = 1; into ``base`` itself
+    with ``into_base``); in training it is added afterwards."""
     d1, d2 = out_features, in_features
     x2 = x.reshape(-1, d2)
     scale = scaling / (d1 * d2)
@@ -124,7 +125,7 @@ def gemm_linear(
     else:
         dwu = delta_weight_cached(spectrum, rows, cols, d1, d2, unscaled, dtype=x.dtype)
         if base is not None:
-            return scaled_mm(x2, dwu.T, scale, base.reshape(-1, d1)).reshape(*x.shape[:-1], d1)
+            return scaled_mm(x2, dwu.T, scale, base.reshape(-1, d1), into_base).reshape(*x.shape[:-1], d1)
         y = scaled_mm(x2, dwu.T, scale)
     y = y.reshape(*x.shape[:-1], d1)
     return y if base is None else base + y

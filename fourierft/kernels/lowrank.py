@@ -29,14 +29,33 @@ def _coeffs(spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([c, -c])
 
 
+def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: bool = False):
+    """``(y, q)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``q = x @ Bv`` ``(T, 2n)``, all
+    that the backward needs."""
+    q = x @ bv  # (T, 2n)
+    # y = base + scale * (q [c, -c]) Bu^T in one GEMM: alpha = scale, beta = 1 adds the frozen output
+    return scaled_mm(q * _coeffs(spectrum, q.dtype), bu.T, scale, base, into_base), q
+
+
+def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c: bool):
+    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``."""
+    n = spectrum.shape[0]
+    p = g.to(q.dtype) @ bu  # (T, 2n)
+    grad_x = grad_c = None
+    if need_x:
+        grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, scale)  # (T, d2)
+    if need_c:
+        r = summed_products(p, q, 0)  # (2n,): over the T rows
+        grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)
+    return grad_x, grad_c
+
+
 class LowRankSpectralLinear(torch.autograd.Function):
     """``y = x @ dW.T`` through the cos/sin factorisation. ``x``: ``(T, d2)`` in the compute dtype."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, bu, bv, scale, base=None):  # noqa: D102 (shapes in the class docstring)
-        q = x @ bv  # (T, 2n)
-        # y = base + scale * (q [c, -c]) Bu^T in one GEMM: alpha = scale, beta = 1 adds the frozen output
-        y = scaled_mm(q * _coeffs(spectrum, q.dtype), bu.T, scale, base)  # (T, d1)
+    def forward(ctx, x, spectrum, bu, bv, scale, base=None, into_base=False):  # noqa: D102 (shapes: docstring)
+        y, q = lowrank_forward(x, spectrum, bu, bv, scale, base, into_base)
         ctx.save_for_backward(q, spectrum, bu, bv)
         ctx.scale = scale
         return y
@@ -44,17 +63,9 @@ class LowRankSpectralLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         q, spectrum, bu, bv = ctx.saved_tensors
-        n = spectrum.shape[0]
-        g = g.to(q.dtype)
-        p = g @ bu  # (T, 2n)
-        grad_x = grad_c = None
-        if ctx.needs_input_grad[0]:
-            grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, ctx.scale)  # (T, d2)
-        if ctx.needs_input_grad[1]:
-            r = summed_products(p, q, 0)  # (2n,): over the T rows
-            grad_c = ((r[:n] - r[n:]) * ctx.scale).to(spectrum.dtype)
+        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, *ctx.needs_input_grad[:2])
         grad_base = g if ctx.needs_input_grad[5] else None
-        return grad_x, grad_c, None, None, None, grad_base
+        return grad_x, grad_c, None, None, None, grad_base, None
 
 
 def lowrank_linear(
@@ -66,14 +77,16 @@ def lowrank_linear(
     in_features: int,
     scaling: float,
     base: torch.Tensor | None = None,
+    into_base: bool = False,
 ) -> torch.Tensor:
-    """``x @ dW.T`` (plus ``base``, fused into the last GEMM, when given with ``x``'s dtype and shape ``(..., d1)``)
-    for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``."""
+    """``x @ dW.T`` (plus ``base``, fused into the last GEMM, when given with ``x``'s dtype and shape ``(..., d1)``;
+    written into ``base`` itself with ``into_base``) for ``x`` of shape ``(..., in_features)``; computed and returned
+    in ``x.dtype``."""
     dtype = x.dtype
     bu = basis(rows, out_features, dtype)  # (d1, 2n)
     bv = basis(cols, in_features, dtype)  # (d2, 2n)
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features)
     b2 = None if base is None else base.reshape(-1, out_features)
-    y = LowRankSpectralLinear.apply(x2, spectrum, bu, bv, scale, b2)
+    y = LowRankSpectralLinear.apply(x2, spectrum, bu, bv, scale, b2, into_base)
     return y.reshape(*x.shape[:-1], out_features)

@@ -61,7 +61,7 @@ def grads(model: nn.Module, fn, x: torch.Tensor):
     return y.detach(), xr.grad, [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize("path", ["auto", "lowrank", "gemm", "dense"])
+@pytest.mark.parametrize("path", ["auto", "lowrank", "gemm", "dense", "factored"])
 @pytest.mark.parametrize("fuse", [True, False])
 def test_one_graph_no_recompiles(path, fuse):
     torch._dynamo.reset()
@@ -80,7 +80,7 @@ def test_one_graph_no_recompiles(path, fuse):
     assert counter.graphs == 2
 
 
-@pytest.mark.parametrize("path", ["auto", "lowrank", "gemm"])
+@pytest.mark.parametrize("path", ["auto", "lowrank", "gemm", "factored"])
 def test_compiled_equals_eager(path):
     """Through AOTAutograd (the custom autograd.Functions' backward is traced too): outputs and gradients."""
     torch._dynamo.reset()

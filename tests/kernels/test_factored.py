@@ -87,3 +87,10 @@ def test_split_is_a_divisor_and_cheaper_than_dense(d, n):
 
 def test_split_of_a_prime_is_trivial():
     assert split_cost(4099, 1000) == (1, 4.0 + 8.0 * 1000)
+
+
+@pytest.mark.parametrize(("d", "aligned"), [(11008, True), (14336, True), (4096, True), (100, False), (86, False)])
+def test_split_prefers_tensor_core_aligned_blocks(d, aligned):
+    n1, _ = split_cost(d, 1000)
+    assert d % n1 == 0 and 1 < n1 < d
+    assert (n1 % 8 == 0 and (d // n1) % 8 == 0) == aligned  # 11008: 32 x 344, not the cheaper-looking 43 x 256

@@ -132,6 +132,27 @@ def test_base_is_added_at_inference(path, dtype):
     assert rel(y.double() - base.double(), ry) < (1e-5 if dtype == torch.float32 else 2e-2)
 
 
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_consumed_base_takes_the_sum_in_place_only_outside_autograd(path, dtype):
+    """``consume_base=True`` gives the same values as out of place; under no_grad the fused paths write the sum into
+    ``base`` itself (no copy), under autograd ``base`` is left untouched."""
+    d1, d2 = 16, 24
+    rows, cols = make_entries(d1, d2, 30)
+    x, c, base = torch.randn(2, 3, d2).to(dtype), torch.randn(30), torch.randn(2, 3, d1).to(dtype)
+    with torch.no_grad():
+        want = spectral_linear(x, c, rows, cols, d1, d2, 2.0, path=path, base=base)
+        scratch = base.clone()
+        got = spectral_linear(x, c, rows, cols, d1, d2, 2.0, path=path, base=scratch, consume_base=True)
+    assert torch.equal(got, want)
+    assert (got.data_ptr() == scratch.data_ptr()) == (path != "dense")  # dense adds afterwards, out of place
+    kept = base.clone()
+    y = spectral_linear(x, c.requires_grad_(), rows, cols, d1, d2, 2.0, path=path, base=kept, consume_base=True)
+    assert torch.equal(kept, base) and y.data_ptr() != kept.data_ptr()
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5  # on the adapter's contribution, as everywhere here
+    assert rel(y.detach().double() - base.double(), want.double() - base.double()) < tol
+
+
 @pytest.mark.parametrize("path", FAST)
 def test_fp16_tiny_scale(path):
     """LLaMA-sized layers have scale = scaling / (d1 d2) ~ 7e-6: the scale must never sit in an fp16 operand
