@@ -301,3 +301,22 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing_behind(case, adapters, tm
         fourierft.save_pretrained(model, where, **kwargs)
     assert listing(tmp_path) == before
     assert which(str(tmp_path / "ckpt"), a, b) == "A"
+
+
+def test_the_model_card_is_updated_as_peft_updates_it(adapters, tmp_path):
+    """PEFT updates an existing README.md (keeps the user's text): the new folder starts from a copy of it, and the
+    old folder's file is never written through a shared link."""
+    a, b = adapters
+    reference = tmp_path / "peft"
+    for folder in (tmp_path / "ckpt", reference):
+        a.save_pretrained(folder)
+        with open(folder / "README.md", "a") as fh:
+            fh.write("\nMy own notes about this adapter.\n")
+    old_card = tmp_path / "old_card"
+    os.link(tmp_path / "ckpt" / "README.md", old_card)  # sees any write into the old folder's file
+    before = old_card.read_bytes()
+    b.save_pretrained(reference)  # PEFT's own update, in place
+    fourierft.save_pretrained(b, tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "README.md").read_text() == (reference / "README.md").read_text()
+    assert "My own notes about this adapter." in (reference / "README.md").read_text()
+    assert old_card.read_bytes() == before
