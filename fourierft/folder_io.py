@@ -123,7 +123,7 @@ def _remove_stale(parent: str, prefix: str) -> None:
 
 def replace_folder(staging: str, target: str) -> None:
     """Put the complete folder ``staging`` at ``target`` in one step (see the module docstring); afterwards
-    ``staging`` no longer exists. Both must be in the same parent folder."""
+    ``staging`` no longer exists. Both must be on the same filesystem (``staging`` beside ``target``)."""
     _fsync_tree(staging)
     parent = os.path.dirname(target)
     if not os.path.lexists(target):
@@ -135,7 +135,11 @@ def replace_folder(staging: str, target: str) -> None:
     else:  # the short window: between these two renames there is no folder at the target
         aside = staging + ".old"
         os.rename(target, aside)
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(aside, target)  # the old folder back in place
+            raise
         _fsync_dir(parent)
         shutil.rmtree(aside)
 

@@ -320,3 +320,24 @@ def test_the_model_card_is_updated_as_peft_updates_it(adapters, tmp_path):
     assert (tmp_path / "ckpt" / "README.md").read_text() == (reference / "README.md").read_text()
     assert "My own notes about this adapter." in (reference / "README.md").read_text()
     assert old_card.read_bytes() == before
+
+
+def test_without_the_exchange_a_failed_rename_puts_the_old_folder_back(adapters, tmp_path, monkeypatch):
+    a, b = adapters
+    target = str(tmp_path / "ckpt")
+    a.save_pretrained(target)
+    write_extras(target)
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # moving the new folder in
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(folder_io, "_exchange", lambda x, y: False)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space"):
+        fourierft.save_pretrained(b, target)
+    monkeypatch.undo()
+    assert which(target, a, b) == "A" and extras_intact(target) and sorted(os.listdir(tmp_path)) == ["ckpt"]
