@@ -74,7 +74,7 @@ def _fsync_tree(root: str) -> None:
         _fsync_dir(folder)
 
 
-def _umask_modes(root: str) -> None:
+def apply_umask(root: str) -> None:
     """Give what a save wrote under ``root`` the umask's permissions (``root`` has them: ``os.mkdir(0o777)`` made
     it); safetensors' writer makes its files 0600 whatever the umask."""
     umask = ~os.stat(root).st_mode & 0o777
@@ -175,7 +175,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, **kwargs) -> None:
         if os.path.isfile(os.path.join(target, "README.md")):  # PEFT updates an existing model card: a copy, as
             shutil.copy2(os.path.join(target, "README.md"), staging)  # it is written to (a link would change the old)
         model.save_pretrained(staging, **kwargs)
-        _umask_modes(staging)
+        apply_umask(staging)
         if os.path.isdir(target):
             _carry_over(target, staging)
         replace_folder(staging, target)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..folder_io import apply_umask, make_fresh_dir, replace_folder
 from ._errors import CLIError
 from .adapters import load_adapted
 from .modeling import META_FILE, load_base, load_config, load_tokenizer
@@ -39,7 +38,7 @@ def merge(args: argparse.Namespace) -> int:
     if diff > 1e-3 * scale + 1e-4:
         raise CLIError(f"merged model's logits differ from the adapter's by {diff:.3g}: not saved")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(make_fresh_dir(str(out.parent / f".{out.name}.merging-")))  # the umask's permissions, not 0700
     try:
         merged.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
@@ -51,9 +50,8 @@ def merge(args: argparse.Namespace) -> int:
         reload_diff = (adapted - _probe(tok, reloaded.eval())).abs().max().item()
         if reload_diff > 1e-3 * scale + 1e-4:
             raise CLIError(f"the saved merged model reloads with logits off by {reload_diff:.3g}: not saved")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        apply_umask(str(tmp))  # safetensors' writer makes 0600 files
+        replace_folder(str(tmp), str(out.resolve()))  # as a whole: a kill leaves the old folder or the new one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"merged: base model {info_['base']} + adapter {args.adapter} (dW added to a copy of the base weights), "

@@ -94,6 +94,9 @@ def load_base(ref: ModelRef, task: str, classes: list[str] | None, pad_id: int |
     if ref.gguf_file:
         _as_float_model(model, ref)
     model.config.use_cache = False
+    # the model's portable name (a hub id), not this machine's path: what adapters trained here record as their base,
+    # and what loading one compares with the base it records
+    model.config._name_or_path = model.name_or_path = ref.portable
     return model, set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
 
 

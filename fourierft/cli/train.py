@@ -179,8 +179,10 @@ def _train(args: argparse.Namespace, ref: ModelRef, config: Any, splits: Splits,
         from .plots import training_curves
 
         plots = training_curves(result["history"], result["before"], partial, task)
+    from ..folder_io import apply_umask
     from .runs import publish
 
+    apply_umask(str(partial))  # safetensors' writer makes 0600 files; the run folder gets the umask's permissions
     publish(partial, final, keep_checkpoints=args.keep_checkpoints)
     _report(result, counts, total_s, final, plots, task)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,13 @@ def test_eval_prints_the_accuracy_and_loss_of_the_adapter(run_dir: Path, tiny_be
     assert "on 10 examples" in proc.stdout and "10 drawn" in proc.stdout
 
 
+def test_run_folder_files_get_the_umask_permissions(run_dir: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):  # PEFT's writes (safetensors' makes 0600)
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name
+
+
 def test_merge_gives_the_adapted_logits(run_dir: Path, tiny_bert: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -125,3 +134,12 @@ def test_merge_gives_the_adapted_logits(run_dir: Path, tiny_bert: Path, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, adapted(**batch).logits, atol=1e-4, rtol=1e-4)
     assert merged.config.id2label == {0: "neg", 1: "pos"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(merged_dir.stat().st_mode) == 0o777 & ~umask  # the umask's, not mkdtemp's 0700
+    for path in merged_dir.iterdir():  # and not safetensors' 0600
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
+    (merged_dir / "stale.txt").write_text("from before")
+    ok(cli("merge", str(run_dir), "--base", str(tiny_bert), "--out", str(merged_dir), "--overwrite"))
+    assert not (merged_dir / "stale.txt").exists() and (merged_dir / "config.json").is_file()  # replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no staging folder left
