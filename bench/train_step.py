@@ -45,6 +45,8 @@ def _free() -> None:
 
 def build(variant, case, targets, n, scaling):
     compiled = variant.endswith("+compile")
+    if compiled:  # every variant is a new model through the same forward code: without a reset dynamo's recompile
+        torch._dynamo.reset()  # limit (8) is reached after a few variants and the rest would silently run eager
     model, batch = make_variant(variant.removesuffix("+compile"), case, targets, n, scaling)
     return model, batch, (torch.compile(model) if compiled else model)
 

@@ -139,6 +139,10 @@ def test_compiled_auto_uses_the_measured_choice():
     tune(x, c, rows, cols, D1, D2, 2.0, training=True,
          timer=FakeTimer({"lowrank": 2e-3, "gemm": 1e-3, "factored": 3e-3}))
     assert dispatch.static_path(D1, D2, N, "cpu", torch.float32, True) == "gemm"
+    # at inference a measured gemm (its dW cache is out of a graph's reach) gives way to the best opaque path
+    tune(x, c, rows, cols, D1, D2, 2.0, training=False,
+         timer=FakeTimer({"lowrank": 2e-3, "gemm": 1e-3, "factored": 1.5e-3}))
+    assert dispatch.static_path(D1, D2, N, "cpu", torch.float32, False) == "factored"
     # nothing measured for this key: the flop model, between lowrank and gemm
     assert dispatch.static_path(4096, 4096, 10000, "cuda:0", torch.bfloat16, True) in ("lowrank", "gemm")
     before = path_choices()
