@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,7 +36,7 @@ from ._cache import cached
 from ._mm import summed_products
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: plans are shared, and they key their ``moves``
 class Plan:
     """How one (frequencies, size) pair is split; matrices in the compute dtype.
 
@@ -53,6 +54,7 @@ class Plan:
     inv_twiddle: torch.Tensor  # (2, n1, 2m, n2): [[C], [-S]] (real part out) and [[S], [C]] (imaginary part out)
     inv_dft: torch.Tensor  # (n1, 2 n1): columns (re/im, f1) of [cos | -sin](2 pi f1 i1 / n1)
     row: torch.Tensor  # (2n,) int64
+    moves: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)  # regroup's
 
     @property
     def rows(self) -> int:
@@ -136,9 +138,13 @@ def analysis(x: torch.Tensor, p: Plan) -> torch.Tensor:
 
 
 def regroup(src: Plan, dst: Plan) -> torch.Tensor:
-    """``(dst.rows,)`` indices into ``src``'s grouped rows that put each frequency where ``dst`` wants it."""
-    idx = torch.zeros(dst.rows, dtype=torch.int64, device=dst.row.device)  # padding reads row 0, weighted 0
-    return idx.index_put_((dst.row,), src.row)
+    """``(dst.rows,)`` indices into ``src``'s grouped rows that put each frequency where ``dst`` wants it; built once
+    per plan pair (two launches fewer per call) and kept on ``src`` for as long as ``dst`` lives."""
+    idx = src.moves.get(dst)
+    if idx is None:
+        idx = torch.zeros(dst.rows, dtype=torch.int64, device=dst.row.device)  # padding reads row 0, weighted 0
+        idx = src.moves[dst] = idx.index_put_((dst.row,), src.row)
+    return idx
 
 
 def weights(spectrum: torch.Tensor, p: Plan, dtype: torch.dtype) -> torch.Tensor:
