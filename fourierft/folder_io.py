@@ -55,8 +55,8 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(err, f"renameat2(RENAME_EXCHANGE) failed: {os.strerror(err)}", a, None, b)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a file or a folder
     try:
         os.fsync(fd)
     finally:
@@ -66,12 +66,9 @@ def _fsync_dir(path: str) -> None:
 def _fsync_tree(root: str) -> None:
     """Flush every file and folder under ``root`` (and ``root`` itself) to disk, deepest first."""
     for folder, _, files in os.walk(root, topdown=False):
-        for name in files:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
-        _fsync_dir(folder)
+        for path in [os.path.join(folder, name) for name in files if not os.path.islink(os.path.join(folder, name))]:
+            _fsync(path)
+        _fsync(folder)
 
 
 def apply_umask(root: str) -> None:
@@ -110,15 +107,13 @@ def _remove_stale(parent: str, prefix: str) -> None:
     """Remove staging folders ``<prefix><pid>-...`` of saves whose process is gone (killed mid-save)."""
     for entry in os.scandir(parent):
         pid = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive: a save running now
-        except ProcessLookupError:
-            shutil.rmtree(entry.path, ignore_errors=True)
-        except PermissionError:
-            continue  # alive, another user's
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)  # no error, or PermissionError (another user's): alive, a save running now
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except PermissionError:
+                pass
 
 
 def replace_folder(staging: str, target: str) -> None:
@@ -128,9 +123,9 @@ def replace_folder(staging: str, target: str) -> None:
     parent = os.path.dirname(target)
     if not os.path.lexists(target):
         os.rename(staging, target)
-        _fsync_dir(parent)
+        _fsync(parent)
     elif _exchange(staging, target):
-        _fsync_dir(parent)
+        _fsync(parent)
         shutil.rmtree(staging)  # the old version now
     else:  # the short window: between these two renames there is no folder at the target
         aside = staging + ".old"
@@ -140,7 +135,7 @@ def replace_folder(staging: str, target: str) -> None:
         except BaseException:
             os.rename(aside, target)  # the old folder back in place
             raise
-        _fsync_dir(parent)
+        _fsync(parent)
         shutil.rmtree(aside)
 
 
