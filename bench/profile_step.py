@@ -5,7 +5,7 @@
 For each variant (built as in ``bench/train_step.py``) a few training steps and inference forwards run under
 ``torch.profiler``; the rows are each kernel's CUDA time per step (summed over its calls), its share of the step,
 and the step's total kernel time beside the wall time (wall above kernel time means launches or syncs show).
-Kernels are grouped into a few families by name so variants compare at a glance. Rows go to
+Kernels are grouped into a few families by name (rows ``(family) <name>``) so variants compare at a glance. Rows go to
 ``bench/results/profile_step-<UTC>.json`` (``bench/results.py``).
 """
 
@@ -106,6 +106,8 @@ def main() -> None:
             base = {"case": args.case, "targets": args.targets, "mode": mode, "variant": variant, "n": args.n}
             rows.append({**base, "kernel": "(total)", "family": "-", "calls": 0, "ms": total / 1e3,
                          "share": 1.0, "wall_ms": wall})
+            rows += [{**base, "kernel": f"(family) {f}", "family": f, "calls": 0, "ms": us / 1e3, "share": us / total,
+                      "wall_ms": None} for f, us in sorted(fams.items(), key=lambda x: -x[1])]
             rows += [{**base, "kernel": name[:160], "family": family(name), "calls": calls, "ms": us / 1e3,
                       "share": us / total, "wall_ms": None} for name, (calls, us) in top]
             del model, batch, kernels
