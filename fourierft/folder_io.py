@@ -103,7 +103,7 @@ def _carry_over(old: str, new: str) -> None:
                 shutil.copy2(src, dst)
 
 
-def _remove_stale(parent: str, prefix: str) -> None:
+def remove_stale(parent: str, prefix: str) -> None:
     """Remove staging folders ``<prefix><pid>-...`` of saves whose process is gone (killed mid-save)."""
     for entry in os.scandir(parent):
         pid = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
@@ -164,7 +164,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, **kwargs) -> None:
         created, missing = missing, os.path.dirname(missing)
     os.makedirs(parent, exist_ok=True)
     prefix = f".{name}.saving-"
-    _remove_stale(parent, prefix)
+    remove_stale(parent, prefix)
     staging = make_fresh_dir(f"{os.path.join(parent, prefix)}{os.getpid()}-")
     try:
         if os.path.isfile(os.path.join(target, "README.md")):  # PEFT updates an existing model card: a copy, as

@@ -1,7 +1,7 @@
 """``fourierft`` command line: ``train``, ``merge``, ``info``, ``eval``.
 
 Every failure the user can cause ends as one line on stderr and a non-zero exit code, never a traceback
-(set ``FOURIERFT_DEBUG=1`` to see one anyway).
+(``--verbose`` shows the traceback of an unexpected one).
 """
 
 from __future__ import annotations
@@ -151,10 +151,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"fourierft {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure still gets one line; FOURIERFT_DEBUG shows where
-        if os.environ.get("FOURIERFT_DEBUG"):
+    except Exception as exc:  # an unexpected failure still gets one line; --verbose shows where
+        if getattr(args, "verbose", False):
             raise
         text = str(exc).strip().splitlines()
         print(f"fourierft {args.command}: error: {type(exc).__name__}: {text[0] if text else ''} "
-              "(FOURIERFT_DEBUG=1 shows the traceback)", file=sys.stderr)
+              "(--verbose shows the traceback)", file=sys.stderr)
         return 1

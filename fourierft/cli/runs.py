@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -48,19 +49,21 @@ def run_folders(out: str | None, method: str, *, resume: bool, overwrite: bool,
 
 
 def publish(partial: Path, final: Path, *, keep_checkpoints: bool = False) -> None:
-    """Move a finished run into place (replacing an old one only now, after success)."""
+    """Move a finished run into place, replacing an old one only now (after success) and as a whole: the run is
+    first renamed to a staging name of its own (so that a kill never leaves a finished run where ``--resume`` looks
+    for an interrupted one), then swapped with the old run in one step (:func:`fourierft.folder_io.replace_folder`).
+    A process killed in between leaves the old run in place; its staging folder is removed by the next publish."""
+    from ..folder_io import remove_stale, replace_folder
+
     if not keep_checkpoints:
         shutil.rmtree(partial / "checkpoints", ignore_errors=True)
     (partial / "before.json").unlink(missing_ok=True)
     (partial / "best_trainable.pt").unlink(missing_ok=True)
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, final)
+    prefix = f".{final.name}.publishing-"
+    remove_stale(str(final.parent), prefix)
+    staging = final.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
+    os.replace(partial, staging)
+    replace_folder(str(staging), str(final))
 
 
 ARGS_FILE = "run_args.json"

@@ -17,7 +17,6 @@ def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 **(env or {})}
-    full_env.pop("FOURIERFT_DEBUG", None)
     return full_env
 
 

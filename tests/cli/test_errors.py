@@ -234,3 +234,20 @@ def test_eval_whose_recorded_base_is_missing_points_to_base(small_adapter: Path,
         (moved / name).write_text(json.dumps(data))
     line = fails(inproc("eval", str(moved)), "was trained on", "not available here", "pass --base")
     assert str(tmp_path / "gone" / "model") in line
+
+
+def test_an_unexpected_failure_is_one_line_and_verbose_shows_the_traceback(monkeypatch, capsys):
+    import argparse
+
+    from fourierft import cli
+    from fourierft.cli import commands
+
+    def boom(args):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(commands, "merge", boom)
+    assert cli._dispatch(argparse.Namespace(command="merge", verbose=False)) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "fourierft merge: error: RuntimeError: disk on fire (--verbose shows the traceback)"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cli._dispatch(argparse.Namespace(command="merge", verbose=True))
