@@ -69,6 +69,18 @@ class Direct(nn.Module):
         )
 
 
+def layer_inputs(d1: int, d2: int, n: int, rows: int, device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+    """One layer's benchmark inputs from seed 0: entries, a float32 spectrum and ``x`` ``(rows, d2)`` (both requiring
+    grad), a frozen weight ``(d1, d2)`` and an upstream gradient ``(rows, d1)``."""
+    torch.manual_seed(0)
+    r, c = (t.to(device) for t in entries(d1, d2, n))
+    spectrum = torch.randn(n, device=device, requires_grad=True)
+    x = torch.randn(rows, d2, device=device, dtype=dtype, requires_grad=True)
+    w = (torch.randn(d1, d2, device=device) * 0.02).to(dtype)
+    g = torch.randn(rows, d1, device=device, dtype=dtype)
+    return r, c, spectrum, x, w, g
+
+
 def target_names(case: str, targets: str) -> list[str] | str:
     if targets == "all":
         return "all-linear"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import entries  # noqa: E402
+from bench.common import layer_inputs  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from fourierft.kernels import clear_caches, factored, spectral_linear  # noqa: E402
 
@@ -49,12 +49,7 @@ def main() -> None:
     orig = factored.split_cost
     for shape in a.shapes.split(","):
         d1, d2 = (int(s) for s in shape.split("x"))
-        torch.manual_seed(0)
-        rows, cols = (t.to(dev) for t in entries(d1, d2, a.n))
-        c = torch.randn(a.n, device=dev, requires_grad=True)
-        x = torch.randn(a.rows, d2, device=dev, dtype=dt, requires_grad=True)
-        w = (torch.randn(d1, d2, device=dev) * 0.02).to(dt)
-        g = torch.randn(a.rows, d1, device=dev, dtype=dt)
+        rows, cols, c, x, w, g = layer_inputs(d1, d2, a.n, a.rows, dev, dt)
 
         def step(path):
             def fn():

@@ -5,7 +5,8 @@
     PYTHONPATH=. python bench/train_step.py --case cpu     # fp32 all-MiniLM-L6-v2-shaped BERT, query,value
 
 One run, one machine: every variant is built fresh from the same seed in this process and timed the same way.
-A variant name ending in ``+compile`` is the same variant under ``torch.compile`` (default inductor backend).
+A variant name ending in ``+compile`` is the same variant under ``torch.compile`` (default inductor backend);
+``+graphs`` under ``torch.compile(mode="reduce-overhead")``, which replays the compiled graphs as CUDA graphs.
 Prints a markdown table per case (and writes it to --out if given); the rows go to
 ``bench/results/train_step-<UTC>.json`` (``bench/results.py``, or --results).
 """
@@ -43,12 +44,20 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
+# variant suffix -> torch.compile options; "+graphs" also replays each compiled graph as a CUDA graph (launches hidden)
+COMPILE_MODES = {"+compile": {}, "+graphs": {"mode": "reduce-overhead"}}
+
+
 def build(variant, case, targets, n, scaling):
-    compiled = variant.endswith("+compile")
-    if compiled:  # every variant is a new model through the same forward code: without a reset dynamo's recompile
-        torch._dynamo.reset()  # limit (8) is reached after a few variants and the rest would silently run eager
-    model, batch = make_variant(variant.removesuffix("+compile"), case, targets, n, scaling)
-    return model, batch, (torch.compile(model) if compiled else model)
+    for suffix, options in COMPILE_MODES.items():
+        if variant.endswith(suffix):
+            # every variant is a new model through the same forward code: without a reset dynamo's recompile limit
+            # (8) is reached after a few variants and the rest would silently run eager
+            torch._dynamo.reset()
+            model, batch = make_variant(variant.removesuffix(suffix), case, targets, n, scaling)
+            return model, batch, torch.compile(model, **options)
+    model, batch = make_variant(variant, case, targets, n, scaling)
+    return model, batch, model
 
 
 def _report_graph_breaks(variant: str) -> None:
@@ -76,6 +85,11 @@ def train_row(variant, case, targets, n, scaling, steps, warmup):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+    if variant.endswith("+graphs"):
+        # one eager step first, as docs/guide.md advises before compiling: auto measures, and the kernels' caches
+        # are built outside the CUDA-graph pool (a cache entry made during graph warm-up would live in the pool)
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
     ms, peak, _ = measure(step, steps, warmup, case.startswith("gpu"))
     if run is not model:
         _report_graph_breaks(variant)

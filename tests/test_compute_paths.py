@@ -9,7 +9,7 @@ import torch
 from helpers import assert_close, build, loss_of, output, peft_own_layers
 
 import fourierft
-from fourierft.kernels import PATHS
+from fourierft.kernels import CUDA_ONLY, PATHS
 
 CONFIG = dict(n_frequency=40, scaling=50.0, target_modules="all-linear", init_weights=False)
 
@@ -31,7 +31,7 @@ def run(path: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return logits, grads
 
 
-@pytest.mark.parametrize("path", [p for p in PATHS if p != "dense"])
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "dense" and (p not in CUDA_ONLY or torch.cuda.is_available())])
 def test_every_path_matches_the_dense_path_on_a_model(path):
     want_logits, want_grads = run("dense")
     logits, grads = run(path)
@@ -62,3 +62,13 @@ def test_unknown_path_is_refused_and_changes_nothing():
         model.base_model.set_compute_path("fast")
     layers = [m for m in model.modules() if isinstance(m, fourierft.FourierFTLayer)]
     assert layers and all(m.compute_path == "factored" for m in layers)
+
+
+def test_fused_path_on_the_cpu_is_refused_at_forward_and_changes_nothing():
+    model = adapted("fused")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="compute path 'fused' cannot serve this layer: .*use 'factored'"):
+        output(model, "llama")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    model.base_model.set_compute_path("factored")  # the named alternative runs
+    assert_close(output(model, "llama"), output(adapted("dense"), "llama"), rtol=1e-5)

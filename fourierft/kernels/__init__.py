@@ -12,6 +12,9 @@ Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a 
 * ``factored`` the lowrank path's two products computed as a DFT split once (Cooley-Tukey, ``d = N1 N2``) into two
               stages of small batched matmuls: ``d (4 N1 + 8 n / N1)`` flops per row instead of ``4 n d``. Best for
               training large layers with n from about 2000 (LLaMA-sized on the GPU; docs/benchmarks.md, H100 run 4).
+* ``fused``   the factored path with each transform one Triton kernel, no stage-1 tensor in memory (CUDA, fp16/bf16,
+              Triton installed; refused elsewhere). Opt-in, not one of ``auto``'s candidates: on an H200 it is
+              2.7-4x slower per layer than ``factored``, whose two stages run on cuBLAS (docs/benchmarks.md).
 
 ``auto`` (the default) measures the candidates once per layer key on CUDA and uses a flop model elsewhere
 (:mod:`fourierft.kernels.dispatch`; :func:`path_choices` shows what was chosen and why).
@@ -22,9 +25,10 @@ path can). :func:`spectral_linear_mixed` serves a batch whose rows use different
 Caches (cos/sin bases, factored plans, the inference ``dW``) live as long as the tensors they were built from
 (:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one spectrum's cached ``dW``, :func:`clear_caches` all.
 
-``torch.compile``: ``spectral_linear`` traces without graph breaks on every path. ``lowrank`` and ``factored`` enter
-the graph as opaque custom ops whose bodies keep their caches (:mod:`.opaque`); ``gemm`` and ``dense`` are traced
-(``dW`` built in the graph); ``auto`` is a trace-time constant (the measured choice, else the flop model).
+``torch.compile``: ``spectral_linear`` traces without graph breaks on every path. ``lowrank``, ``factored`` and
+``fused`` enter the graph as opaque custom ops whose bodies keep their caches (:mod:`.opaque`); ``gemm`` and
+``dense`` are traced (``dW`` built in the graph); ``auto`` is a trace-time constant (the measured choice, else the
+flop model).
 """
 
 from __future__ import annotations
@@ -37,14 +41,16 @@ from ._cache import cache_sizes, clear_caches, invalidate
 from .dispatch import Choice, choose_path, clear_path_choices, cuda_timer, path_choices, resolve_path, tune
 from .gemm import delta_weight_cached
 from .mixed import spectral_linear_mixed
+from .paths import CUDA_ONLY
 from .paths import FUSED as _FUSED
 from .paths import IMPLS as _IMPLS
 from .opaque import OPAQUE, opaque_linear
 
-Path = Literal["auto", "dense", "gemm", "lowrank", "factored"]
-PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "factored")
+Path = Literal["auto", "dense", "gemm", "lowrank", "factored", "fused"]
+PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "factored", "fused")
 
 __all__ = [
+    "CUDA_ONLY",
     "PATHS",
     "adapted_linear",
     "Choice",

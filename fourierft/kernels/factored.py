@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import factored_triton
 from ._cache import cached
 from ._mm import summed_products
 
@@ -54,6 +55,7 @@ class Plan:
     inv_twiddle: torch.Tensor  # (2, n1, 2m, n2): [[C], [-S]] (real part out) and [[S], [C]] (imaginary part out)
     inv_dft: torch.Tensor  # (n1, 2 n1): columns (re/im, f1) of [cos | -sin](2 pi f1 i1 / n1)
     row: torch.Tensor  # (2n,) int64
+    compact: torch.Tensor  # (rows,) int32: the row of ``[Re X_k; Im X_k]`` each grouped row holds, -1 on padding
     moves: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)  # regroup's
 
     @property
@@ -120,8 +122,10 @@ def make_plan(idx: torch.Tensor, d: int, dtype: torch.dtype) -> Plan:
     inv[0, f1, slot], inv[0, f1, m + slot] = c, -s  # Re B = C Z_re - S Z_im
     inv[1, f1, slot], inv[1, f1, m + slot] = s, c  # Im B = S Z_re + C Z_im
     row = torch.cat([f1 * 2 * m + slot, f1 * 2 * m + m + slot])
+    compact = torch.full((n1 * 2 * m,), -1, dtype=torch.int32, device=dev)
+    compact[row] = torch.arange(2 * n, dtype=torch.int32, device=dev)
     cast = lambda t: t.to(dtype).contiguous()  # noqa: E731
-    return Plan(n1, n2, m, cast(dft), cast(tw), cast(inv), cast(inv_dft), row)
+    return Plan(n1, n2, m, cast(dft), cast(tw), cast(inv), cast(inv_dft), row, compact)
 
 
 def plan(idx: torch.Tensor, d: int, dtype: torch.dtype) -> Plan:
@@ -172,23 +176,36 @@ def synthesis(
     return y.view(t, p.n1 * p.n2)  # stage 1
 
 
-def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False):
+def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
+                     fused: bool = False):
     """``(y, xk)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``xk`` ``(2n, T)``, the
-    ``[Re X_k; Im X_k]`` of ``x`` at the entries' column frequencies, all that the backward needs."""
+    ``[Re X_k; Im X_k]`` of ``x`` at the entries' column frequencies, all that the backward needs. ``fused``: each
+    transform one Triton kernel (:mod:`.factored_triton`; the caller checked ``supports``)."""
+    if fused:
+        xk = factored_triton.analysis(x, pv, spectrum.shape[0])
+        return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base), xk
     xu = analysis(x, pv).index_select(0, regroup(pv, pu))  # X in u's grouped layout: (pu.rows, T)
     y = synthesis(xu, pu, weights(spectrum, pu, xu.dtype), scale, base, into_base)  # (T, d1)
     return y, xu.index_select(0, pu.row)
 
 
-def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool):
+def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool,
+                      fused: bool = False):
     """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``."""
-    gu = analysis(g.to(xk.dtype).contiguous(), pu)  # (pu.rows, T)
+    g = g.to(xk.dtype)
     grad_x = grad_c = None
-    if need_x:
-        gv = gu.index_select(0, regroup(pu, pv))
-        grad_x = synthesis(gv, pv, weights(spectrum, pv, gv.dtype), scale)
+    if fused:
+        gk = factored_triton.analysis(g, pu, spectrum.shape[0])  # (2n, T)
+        if need_x:
+            grad_x = factored_triton.synthesis(gk, pv, spectrum, scale)
+    else:
+        gu = analysis(g.contiguous(), pu)  # (pu.rows, T)
+        if need_x:
+            gv = gu.index_select(0, regroup(pu, pv))
+            grad_x = synthesis(gv, pv, weights(spectrum, pv, gv.dtype), scale)
+        gk = gu.index_select(0, pu.row) if need_c else None
     if need_c:
-        r = summed_products(gu.index_select(0, pu.row), xk, 1)  # (2n,): over the T rows
+        r = summed_products(gk, xk, 1)  # (2n,): over the T rows
         n = spectrum.shape[0]
         grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)  # Re(G X) = Gr Xr - Gi Xi
     return grad_x, grad_c
@@ -198,18 +215,19 @@ class FactoredSpectralLinear(torch.autograd.Function):
     """``y = base + x @ dW.T`` through the factored DFT. ``x``: ``(T, d2)``; plans for (u, d1) and (v, d2)."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, pu, pv, scale, base=None, into_base=False):  # noqa: D102 (shapes: module doc)
-        y, xk = factored_forward(x, spectrum, pu, pv, scale, base, into_base)
+    def forward(ctx, x, spectrum, pu, pv, scale, base=None, into_base=False, fused=False):  # noqa: D102 (module doc)
+        y, xk = factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused)
         ctx.save_for_backward(xk, spectrum)
-        ctx.plans, ctx.scale = (pu, pv), scale
+        ctx.plans, ctx.scale, ctx.fused = (pu, pv), scale, fused
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         xk, spectrum = ctx.saved_tensors
-        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, *ctx.needs_input_grad[:2])
+        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, *ctx.needs_input_grad[:2],
+                                           ctx.fused)
         grad_base = g if ctx.needs_input_grad[5] else None
-        return grad_x, grad_c, None, None, None, grad_base, None
+        return grad_x, grad_c, None, None, None, grad_base, None, None
 
 
 def factored_linear(
@@ -222,13 +240,22 @@ def factored_linear(
     scaling: float,
     base: torch.Tensor | None = None,
     into_base: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """``x @ dW.T`` (plus ``base`` ``(..., d1)`` in ``x``'s dtype, fused into the last matmul; written into ``base``
-    itself with ``into_base``) for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``."""
+    itself with ``into_base``) for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``.
+    ``fused``: each transform one Triton kernel (CUDA, fp16/bf16; a clear error elsewhere)."""
     pu = plan(rows, out_features, x.dtype)
     pv = plan(cols, in_features, x.dtype)
+    if fused and not factored_triton.supports(x, pu, pv):
+        raise ValueError(factored_triton.refusal(x, pu, pv))
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features).contiguous()
     b2 = None if base is None else base.reshape(-1, out_features)
-    y = FactoredSpectralLinear.apply(x2, spectrum, pu, pv, scale, b2, into_base)
+    y = FactoredSpectralLinear.apply(x2, spectrum, pu, pv, scale, b2, into_base, fused)
     return y.reshape(*x.shape[:-1], out_features)
+
+
+def fused_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base=None, into_base=False):
+    """The ``fused`` path: :func:`factored_linear` with each transform one Triton kernel."""
+    return factored_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base, into_base, fused=True)

@@ -5,12 +5,12 @@ cannot be traced at all: its group sizes depend on the entries' values). As ``to
 sees one node per call with known output shapes, and the body runs eagerly with the caches of ``_cache.py``.
 
     fourierft::spectral_forward   (x (T, d2), spectrum (n,), rows, cols, d1, d2, scaling, path, base (T, d1)?)
-                                  -> y (T, d1), saved        saved: lowrank q (T, 2n), factored X_k (2n, T)
+                                  -> y (T, d1), saved        saved: lowrank q (T, 2n), factored/fused X_k (2n, T)
     fourierft::spectral_backward  (g (T, d1), saved, spectrum, rows, cols, ..., need_x, need_c)
                                   -> grad_x (T, d2) or (0,), grad_c (n,) or (0,)
 
-The math is that of :mod:`.lowrank` and :mod:`.factored` (their ``*_forward`` / ``*_backward`` functions), so the
-compiled and eager paths agree to the bit on the same inputs.
+The math is that of :mod:`.lowrank` and :mod:`.factored` (their ``*_forward`` / ``*_backward`` functions; ``fused``
+is factored with its Triton kernels), so the compiled and eager paths agree to the bit on the same inputs.
 """
 
 from typing import Optional
@@ -18,11 +18,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import factored_triton
 from ._cache import basis
 from .factored import factored_backward, factored_forward, plan
 from .lowrank import lowrank_backward, lowrank_forward
 
-OPAQUE: tuple[str, ...] = ("lowrank", "factored")
+OPAQUE: tuple[str, ...] = ("lowrank", "factored", "fused")
 
 
 def _operands(path: str, rows: Tensor, cols: Tensor, d1: int, d2: int, dtype: torch.dtype):
@@ -35,8 +36,11 @@ def _operands(path: str, rows: Tensor, cols: Tensor, d1: int, d2: int, dtype: to
 def spectral_forward(x: Tensor, spectrum: Tensor, rows: Tensor, cols: Tensor, d1: int, d2: int, scaling: float,
                      path: str, base: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     a, b = _operands(path, rows, cols, d1, d2, x.dtype)
-    forward = lowrank_forward if path == "lowrank" else factored_forward
-    return forward(x, spectrum, a, b, scaling / (d1 * d2), base)
+    if path == "fused" and not factored_triton.supports(x, a, b):
+        raise ValueError(factored_triton.refusal(x, a, b))
+    if path == "lowrank":
+        return lowrank_forward(x, spectrum, a, b, scaling / (d1 * d2), base)
+    return factored_forward(x, spectrum, a, b, scaling / (d1 * d2), base, fused=path == "fused")
 
 
 @spectral_forward.register_fake
@@ -49,8 +53,11 @@ def _(x, spectrum, rows, cols, d1, d2, scaling, path, base):
 def spectral_backward(g: Tensor, saved: Tensor, spectrum: Tensor, rows: Tensor, cols: Tensor, d1: int, d2: int,
                       scaling: float, path: str, need_x: bool, need_c: bool) -> tuple[Tensor, Tensor]:
     a, b = _operands(path, rows, cols, d1, d2, saved.dtype)
-    backward = lowrank_backward if path == "lowrank" else factored_backward
-    grad_x, grad_c = backward(g, saved, spectrum, a, b, scaling / (d1 * d2), need_x, need_c)
+    scale = scaling / (d1 * d2)
+    if path == "lowrank":
+        grad_x, grad_c = lowrank_backward(g, saved, spectrum, a, b, scale, need_x, need_c)
+    else:
+        grad_x, grad_c = factored_backward(g, saved, spectrum, a, b, scale, need_x, need_c, fused=path == "fused")
     return (saved.new_empty(0) if grad_x is None else grad_x), (spectrum.new_empty(0) if grad_c is None else grad_c)
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..spectral import delta_weight
-from .factored import factored_linear
+from .factored import factored_linear, fused_linear
 from .gemm import gemm_linear
 from .lowrank import lowrank_linear
 
@@ -17,6 +17,8 @@ def dense_linear(x, spectrum, rows, cols, out_features, in_features, scaling) ->
     return F.linear(x.to(dw.dtype), dw).to(x.dtype)
 
 
-IMPLS = {"dense": dense_linear, "gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear}
+IMPLS = {"dense": dense_linear, "gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear,
+         "fused": fused_linear}
 # paths that can add the frozen layer's output inside their last GEMM (keyword ``base``)
-FUSED = {"gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear}
+FUSED = {"gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear, "fused": fused_linear}
+CUDA_ONLY: tuple[str, ...] = ("fused",)  # refused elsewhere with a message that names the alternative

@@ -101,9 +101,19 @@ def test_base_is_added(path, dtype):
 
 def test_unknown_path_names_the_allowed_ones():
     rows, cols = make_entries(4, 4, 3)
-    with pytest.raises(ValueError, match="allowed: auto, dense, gemm, lowrank, factored"):
+    with pytest.raises(ValueError, match="allowed: auto, dense, gemm, lowrank, factored, fused"):
         spectral_linear(torch.randn(2, 4), torch.randn(3), rows, cols, 4, 4, 1.0, path="nope")
-    assert PATHS == ("auto", "dense", "gemm", "lowrank", "factored")
+    assert PATHS == ("auto", "dense", "gemm", "lowrank", "factored", "fused")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_path_off_cuda_is_refused_with_the_alternative(dtype):
+    """CPU tensors (any dtype) are refused on every machine, before anything runs."""
+    rows, cols = make_entries(32, 32, 6)
+    x, c = torch.randn(3, 32, dtype=dtype), torch.randn(6, requires_grad=True)
+    with pytest.raises(ValueError, match="compute path 'fused' cannot serve this layer: .*use 'factored'"):
+        spectral_linear(x, c, rows, cols, 32, 32, 1.0, path="fused")
+    assert c.grad is None
 
 
 def test_spectrum_grad_only_and_x_grad_only():
