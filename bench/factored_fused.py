@@ -4,9 +4,9 @@
 
 Per LLaMA shape (q/o 4096x4096, up/gate 11008x4096, down 4096x11008, GQA k/v 1024x4096): median ms of one layer's
 training step (forward + backward, the frozen ``x @ W.T`` included) and inference forward for the frozen layer,
-lowrank, factored in PyTorch and the ``fused`` path (factored with the Triton kernels), all in one process. ``--sweep`` also times each
-kernel alone over block sizes (``factored_triton.ANALYSIS_BLOCKS`` / ``SYNTHESIS_BLOCKS``). Rows go to
-``bench/results/factored_fused-<UTC>.json``.
+lowrank, factored in PyTorch and the ``fused`` path (factored with the Triton kernels), all in one process.
+``--sweep`` also times each kernel alone over block sizes (``factored_triton.ANALYSIS_BLOCKS`` /
+``SYNTHESIS_BLOCKS``). Rows go to ``bench/results/factored_fused-<UTC>.json``.
 """
 
 from __future__ import annotations
