@@ -14,7 +14,7 @@ Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a 
               training large layers with n from about 2000 (LLaMA-sized on the GPU; docs/benchmarks.md, H100 run 4).
 * ``fused``   the factored path with each transform one Triton kernel, no stage-1 tensor in memory (CUDA, fp16/bf16,
               Triton installed; refused elsewhere). Opt-in, not one of ``auto``'s candidates: on an H200 it is
-              2.7-4x slower per layer than ``factored``, whose two stages run on cuBLAS (docs/benchmarks.md).
+              2.7-4.3x slower than ``factored`` (cuBLAS's two stages) on LLaMA-7B layers (docs/benchmarks.md).
 
 ``auto`` (the default) measures the candidates once per layer key on CUDA and uses a flop model elsewhere
 (:mod:`fourierft.kernels.dispatch`; :func:`path_choices` shows what was chosen and why).

@@ -19,10 +19,10 @@ As in the PyTorch version, matmuls take the compute dtype with fp32 accumulation
 the compute dtype before stage 2, and the coefficients ride on the small matrix (``c_k`` times a twiddle, <= |c|),
 so fp16 does not overflow where the unfused path does not.
 
-Speed (H200, Triton 3.6, bench/factored_fused.py and bench/train_step.py, 2026-12-01): 2.7-4x slower per layer call
-than the PyTorch version, whose two stages are cuBLAS GEMMs; hence the ``fused`` path is opt-in. The analysis
-kernel runs at about 37 TFLOP/s: its stage-1 products have 16 rows (one block of groups), so they run as small
-``mma.sync`` tiles, and each stage-1 result changes layout through shared memory before stage 2.
+Speed (H200, Triton 3.6, bench/factored_fused.py and bench/train_step.py, 2026-12-01): 2.7-4.3x slower per call
+on LLaMA-7B layers than the PyTorch version, whose two stages are cuBLAS GEMMs; hence the ``fused`` path is opt-in.
+The analysis kernel runs at about 37 TFLOP/s: its stage-1 products have 16 rows (one block of groups), so they run
+as small ``mma.sync`` tiles, and each stage-1 result changes layout through shared memory before stage 2.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _G = 8  # groups per block: 2G = 16 rows (re/im per group), tl.dot wants every d
 # 136 and 115 registers, 89 and 76 KiB; Triton 3.6, sm_90a).
 ANALYSIS_BLOCKS = (16, 16, 8, 2)
 SYNTHESIS_BLOCKS = (16, 8, 8, 2)
-MAX_SLOTS = 128  # 2m above this (n over about 2500 at LLaMA shapes): the PyTorch version runs
+MAX_SLOTS = 128  # 2m above this (n over about 2500 at LLaMA shapes) is refused: the factored path serves it
 
 
 def fits(*plans: Plan) -> bool:
