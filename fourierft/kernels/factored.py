@@ -247,8 +247,8 @@ def factored_linear(
     ``fused``: each transform one Triton kernel (CUDA, fp16/bf16; a clear error elsewhere)."""
     pu = plan(rows, out_features, x.dtype)
     pv = plan(cols, in_features, x.dtype)
-    if fused and not factored_triton.supports(x, pu, pv):
-        raise ValueError(factored_triton.refusal(x, pu, pv))
+    if fused:
+        factored_triton.require(x, pu, pv)
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features).contiguous()
     b2 = None if base is None else base.reshape(-1, out_features)

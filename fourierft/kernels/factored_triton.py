@@ -64,8 +64,13 @@ def supports(x: torch.Tensor, *plans: Plan) -> bool:
     return triton is not None and x.is_cuda and x.dtype in DTYPES and fits(*plans)
 
 
-def refusal(x: torch.Tensor, *plans: Plan) -> str:
-    """Why :func:`supports` said no, as an error message that says what to do."""
+def require(x: torch.Tensor, *plans: Plan) -> None:
+    """Raise a ``ValueError`` that says why and what to do unless :func:`supports` serves ``x`` with ``plans``."""
+    if not supports(x, *plans):
+        raise ValueError(_refusal(x))
+
+
+def _refusal(x: torch.Tensor) -> str:
     if triton is None:
         why = "Triton 3 or newer is not installed"
     elif not x.is_cuda or x.dtype not in DTYPES:

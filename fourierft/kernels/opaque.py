@@ -36,8 +36,8 @@ def _operands(path: str, rows: Tensor, cols: Tensor, d1: int, d2: int, dtype: to
 def spectral_forward(x: Tensor, spectrum: Tensor, rows: Tensor, cols: Tensor, d1: int, d2: int, scaling: float,
                      path: str, base: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     a, b = _operands(path, rows, cols, d1, d2, x.dtype)
-    if path == "fused" and not factored_triton.supports(x, a, b):
-        raise ValueError(factored_triton.refusal(x, a, b))
+    if path == "fused":
+        factored_triton.require(x, a, b)
     if path == "lowrank":
         return lowrank_forward(x, spectrum, a, b, scaling / (d1 * d2), base)
     return factored_forward(x, spectrum, a, b, scaling / (d1 * d2), base, fused=path == "fused")
