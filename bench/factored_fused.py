@@ -78,7 +78,7 @@ def main() -> None:
             row(shape, "path", name, tt, ti)
         if not a.sweep:
             continue
-        pu, pv = factored.plan(rows, d1, dt), factored.plan(cols, d2, dt)
+        pu, pv = factored.plan(rows, d1, dt, half=False), factored.plan(cols, d2, dt, half=False)
         xd = x.detach()
         xk = factored_triton.analysis(xd, pv, a.n)
         base = xd @ w.T

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import layer_inputs  # noqa: E402
 from bench.results import write_results  # noqa: E402
-from fourierft.kernels import clear_caches, factored, spectral_linear  # noqa: E402
+from fourierft.kernels import clear_caches, factored_plan, spectral_linear  # noqa: E402
 
 
 def timed(fn, steps: int = 20) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     records = []
     dev, dt = "cuda", torch.bfloat16
     print(f"device: {torch.cuda.get_device_name()}; rows {a.rows}; n {a.n}; bf16")
-    orig = factored.split_cost
+    orig = factored_plan.split_cost
     for shape in a.shapes.split(","):
         d1, d2 = (int(s) for s in shape.split("x"))
         rows, cols, c, x, w, g = layer_inputs(d1, d2, a.n, a.rows, dev, dt)
@@ -84,13 +84,13 @@ def main() -> None:
             divs = [k for k in range(2, d) if d % k == 0 and choice / 4 <= k <= choice * 4]
             print(f"split of d={d}: cost model picks N1={choice}")
             for n1 in divs:
-                factored.split_cost = lambda dd, nn, n1=n1, d=d: (n1, 0.0) if dd == d else orig(dd, nn)
+                factored_plan.split_cost = lambda dd, nn, *_, n1=n1, d=d: (n1, 0.0) if dd == d else orig(dd, nn)
                 clear_caches()
                 ft, fi = timed(step("factored")), timed(infer("factored"))
                 print(f"  N1={n1:5d}: train {ft:.3f} ms, infer {fi:.3f} ms")
                 records.append({**common, "split_size": d, "n1": n1, "cost_model_n1": n1 == choice,
                                 "factored_train_ms": ft, "factored_infer_ms": fi})
-            factored.split_cost = orig
+            factored_plan.split_cost = orig
             clear_caches()
     print(f"results: {write_results('factored_profile', records, out=a.results)}")
 

@@ -16,7 +16,7 @@ A subclass of :class:`peft.tuners.fourierft.FourierFTModel` (PEFT's ``BaseTuner`
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from peft.tuners.fourierft import FourierFTModel as PeftFourierFTModel
@@ -25,6 +25,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
 from .config import matching_pattern
+from .kernels._reuse import reuse_scope
 from .layer import FourierFTLayer, Linear, n_frequency_of
 from .mixed import adapter_names_hooks, batch_size
 from .quantized import merged_float_linear, quantization_kind
@@ -167,6 +168,15 @@ class FourierFTModel(PeftFourierFTModel):
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """PEFT enters this around every forward and ``generate``: the mixed-batch hooks for ``adapter_names=``,
+        and the scope in which layers reading one input with the same entries share its transform
+        (:mod:`fourierft.kernels._reuse`; eager only)."""
+        with nullcontext() if torch.compiler.is_compiling() else reuse_scope(), \
+                self._adapter_names_hooks(*args, **kwargs):
+            yield
+
+    @contextmanager
+    def _adapter_names_hooks(self, *args, **kwargs):
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield

@@ -10,8 +10,9 @@ Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a 
 * ``lowrank`` ``dW = Bu diag(w) Bv^T`` with cached cos/sin bases: two skinny tensor-core matmuls each way, no
               ``d1 x d2`` tensor anywhere. Best for large layers and moderate ``n`` (LLaMA-sized, n = 1000).
 * ``factored`` the lowrank path's two products computed as a DFT split once (Cooley-Tukey, ``d = N1 N2``) into two
-              stages of small batched matmuls: ``d (4 N1 + 8 n / N1)`` flops per row instead of ``4 n d``. Best for
-              training large layers with n from about 2000 (LLaMA-sized on the GPU; docs/benchmarks.md, H100 run 4).
+              stages of small batched matmuls, stage 1 on the real input's half spectrum: about
+              ``d (2 N1 + 8 n / N1)`` flops per row instead of ``4 n d``. On an H200 the fastest path for every
+              LLaMA-sized layer at n = 1000 (docs/benchmarks.md).
 * ``fused``   the factored path with each transform one Triton kernel, no stage-1 tensor in memory (CUDA, fp16/bf16,
               Triton installed; refused elsewhere). Opt-in, not one of ``auto``'s candidates: on an H200 it is
               2.7-4.3x slower than ``factored`` (cuBLAS's two stages) on LLaMA-7B layers (docs/benchmarks.md).
@@ -24,6 +25,9 @@ path can). :func:`spectral_linear_mixed` serves a batch whose rows use different
 
 Caches (cos/sin bases, factored plans, the inference ``dW``) live as long as the tensors they were built from
 (:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one spectrum's cached ``dW``, :func:`clear_caches` all.
+Within one forward of a PEFT model, layers that read the same input with the same column entries (``q_proj``,
+``k_proj`` and ``v_proj``; ``gate_proj`` and ``up_proj``) transform it once and save one copy for their backward
+(:mod:`fourierft.kernels._reuse`).
 
 ``torch.compile``: ``spectral_linear`` traces without graph breaks on every path. ``lowrank``, ``factored`` and
 ``fused`` enter the graph as opaque custom ops whose bodies keep their caches (:mod:`.opaque`); ``gemm`` and

@@ -28,6 +28,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ._reuse import clear_reuse
+
 T = TypeVar("T")
 _lock = threading.RLock()
 # index tensor -> [stamp, content key, {(kind, size, dtype): built}]  (the built objects are held here, strongly)
@@ -41,7 +43,9 @@ _hook: list = []  # the optimizer post-step hook's handle, once registered
 
 
 def clear_caches() -> None:
-    """Drop every cached basis, plan and dense ``dW`` (e.g. to free device memory) and remove the optimizer hook."""
+    """Drop every cached basis, plan and dense ``dW`` and this thread's reused input transform (e.g. to free device
+    memory), and remove the optimizer hook."""
+    clear_reuse()
     with _lock:
         _by_index.clear()
         _shared.clear()
@@ -113,6 +117,16 @@ def cached(kind: str, idx: torch.Tensor, size: int, dtype: torch.dtype, build: C
                 _shared[shared_key] = hit
             entry[2][(kind, size, dtype)] = hit
     return hit  # type: ignore[return-value]
+
+
+def release(kind: str, idx: torch.Tensor) -> None:
+    """Let go of everything of ``kind`` built from ``idx`` (it is freed unless another index tensor of equal
+    contents still uses it)."""
+    with _lock:
+        hit = _by_index.get(idx)
+        if hit is not None:
+            for key in [k for k in hit[2] if k[0] == kind]:
+                del hit[2][key]
 
 
 def basis(idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._cache import invalidate, release
 from .factored import split_cost
 from .paths import IMPLS
 
@@ -212,7 +213,23 @@ def tune(
         lean = _fastest(seconds, tuple(p for p in candidates if p not in _HOLDS_DENSE))
         if lean and seconds[lean] <= seconds[best] * (1.0 + DENSE_MARGIN):
             best = lean
+    _drop_caches([p for p in candidates if p != best], spectrum, rows, cols)
     return _record(key, Choice(best, "measured", seconds))
+
+
+# What each path leaves cached on the layer's own tensors (``_cache.py``). Timing a candidate builds it; left there,
+# the losers' bases, plans and (at inference, on the real spectrum) dense dW were 0.11-0.14 GiB of training peak and
+# 0.28-0.42 GiB of inference peak that the chosen path never reads (H200, bench/train_step.py, 2026-12-01).
+_CACHE_KINDS = {"lowrank": ("basis",), "factored": ("plan",), "fused": ("full-plan",)}
+
+
+def _drop_caches(paths: list[str], spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    for path in paths:
+        if path in _HOLDS_DENSE:
+            invalidate(spectrum)
+        for kind in _CACHE_KINDS.get(path, ()):
+            release(kind, rows)
+            release(kind, cols)
 
 
 def static_path(out_features: int, in_features: int, n: int, device: str, dtype: torch.dtype, training: bool) -> str:

@@ -1,10 +1,11 @@
 """The factored path's two primitives as fused Triton kernels (CUDA, fp16/bf16): each transform one launch.
 
-Same math and plans as :mod:`.factored` (its module docstring derives the split ``d = N1 N2``). The PyTorch version
-writes each transform's stage-1 result, a ``(T, 2d)`` tensor, to memory and reads it back (about 0.67 GiB per
-4096 x 4096 layer and training step at T = 4096) and regroups rows with gathers between the stages. Here both
-stages of a transform run in one program per tile of rows and the stage-1 result stays on chip; rows move between
-plans through the compact layout, never regrouped.
+Same math as :mod:`.factored` (its module docstring derives the split ``d = N1 N2``); the kernels read any
+:class:`~.factored_plan.Plan`, and the ``fused`` path hands them full plans (one group per ``f1``: the paired plans
+of the PyTorch version have twice the slots per group, more than a block's registers hold at LLaMA shapes). The
+PyTorch version writes each transform's stage-1 result, a ``(T, d)`` tensor, to memory and reads it back, and
+regroups rows with gathers between the stages. Here both stages of a transform run in one program per tile of rows
+and the stage-1 result stays on chip; rows move between plans through the compact layout, never regrouped.
 
 Compact layout: ``(2n, T)``, rows ``[Re X_0 .. Re X_{n-1}, Im X_0 .. Im X_{n-1}]``, what the backward saves.
 ``Plan.compact`` maps each grouped slot to its compact row (-1 on padding).
@@ -20,7 +21,8 @@ the compute dtype before stage 2, and the coefficients ride on the small matrix 
 so fp16 does not overflow where the unfused path does not.
 
 Speed (H200, Triton 3.6, bench/factored_fused.py and bench/train_step.py, 2026-12-01): 2.7-4.3x slower per call
-on LLaMA-7B layers than the PyTorch version, whose two stages are cuBLAS GEMMs; hence the ``fused`` path is opt-in.
+on LLaMA-7B layers than the PyTorch version, whose two stages are cuBLAS GEMMs (and which has since gained its
+half-spectrum stage 1, 25-30% faster again); hence the ``fused`` path is opt-in.
 The analysis kernel runs at about 37 TFLOP/s: its stage-1 products have 16 rows (one block of groups), so they run
 as small ``mma.sync`` tiles, and each stage-1 result changes layout through shared memory before stage 2.
 """
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .factored import Plan
+    from .factored_plan import Plan
 
 try:
     import triton
@@ -88,17 +90,17 @@ if triton is not None:
 
     @triton.jit
     def _analysis_kernel(x_ptr, dft_ptr, tw_ptr, dest_ptr, out_ptr, T, stride_x,
-                         N1: tl.constexpr, N2: tl.constexpr, M2: tl.constexpr,
+                         N1: tl.constexpr, N2: tl.constexpr, NG: tl.constexpr, M2: tl.constexpr,
                          BN1: tl.constexpr, G: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr,
                          BM: tl.constexpr):
         t = tl.program_id(0) * BT + tl.arange(0, BT)  # (BT,) rows of x
-        g = tl.program_id(1) * G + tl.arange(0, G)  # (G,) groups f1
-        r = tl.program_id(1) * 2 * G + tl.arange(0, 2 * G)  # (2G,) their DFT rows (f1, re/im), the plan's order
+        g = tl.program_id(1) * G + tl.arange(0, G)  # (G,) groups
+        r = tl.program_id(1) * 2 * G + tl.arange(0, 2 * G)  # (2G,) their stage-1 rows (g, R/I), the plan's order
         j1 = tl.arange(0, BN1)
         s = tl.arange(0, BM)  # slots of a group: m real parts, then m imaginary parts
         q = tl.arange(0, 2 * BJ)  # stage 2's contraction index (re/im, j2 in the chunk)
-        g_ok, t_ok, s_ok = g < N1, t < T, s < M2
-        dft = tl.load(dft_ptr + r[:, None] * N1 + j1[None, :], mask=(r < 2 * N1)[:, None] & (j1 < N1)[None, :],
+        g_ok, t_ok, s_ok = g < NG, t < T, s < M2
+        dft = tl.load(dft_ptr + r[:, None] * N1 + j1[None, :], mask=(r < 2 * NG)[:, None] & (j1 < N1)[None, :],
                       other=0.0)  # (2G, BN1)
         acc = tl.full((G, BT, BM), 0.0, tl.float32)
         for j0 in range(0, N2, BJ):
@@ -106,9 +108,9 @@ if triton is not None:
             xp = x_ptr + t[None, :, None] * stride_x + j1[:, None, None] * N2 + j2[None, None, :]
             xm = (j1 < N1)[:, None, None] & t_ok[None, :, None] & (j2 < N2)[None, None, :]
             xc = tl.reshape(tl.load(xp, mask=xm, other=0.0), (BN1, BT * BJ))  # x[t, N2 j1 + j2] as (j1, (t, j2))
-            a = tl.dot(dft, xc).to(xc.dtype)  # stage 1: A[(f1, re/im), (t, j2)], rounded as the PyTorch path does
+            a = tl.dot(dft, xc).to(xc.dtype)  # stage 1: A[(g, R/I), (t, j2)], rounded as the PyTorch path does
             a = tl.reshape(tl.permute(tl.reshape(a, (G, 2, BT, BJ)), (0, 2, 1, 3)), (G, BT, 2 * BJ))
-            # stage 2: X[f1, t, slot] += sum_(re/im, j2) A[f1, t, (re/im, j2)] tw[f1, slot, re/im N2 + j2]
+            # stage 2: X[g, t, slot] += sum_(R/I, j2) A[g, t, (R/I, j2)] tw[g, slot, R/I N2 + j2]
             jq = j0 + q % BJ
             twp = tw_ptr + g[:, None, None] * (M2 * 2 * N2) + s[None, None, :] * (2 * N2) + \
                 ((q // BJ) * N2 + jq)[None, :, None]
@@ -121,36 +123,36 @@ if triton is not None:
     @triton.jit
     def _synthesis_kernel(z_ptr, src_ptr, spec_ptr, inv_ptr, idft_ptr, base_ptr, y_ptr, T, n, alpha,
                           stride_b, stride_y,
-                          N1: tl.constexpr, N2: tl.constexpr, M2: tl.constexpr,
+                          N1: tl.constexpr, N2: tl.constexpr, NG: tl.constexpr, M2: tl.constexpr,
                           BN1: tl.constexpr, G: tl.constexpr, BT: tl.constexpr, BI: tl.constexpr,
                           BM: tl.constexpr, HAS_BASE: tl.constexpr):
         t = tl.program_id(0) * BT + tl.arange(0, BT)  # (BT,) rows of y
         i2 = tl.program_id(1) * BI + tl.arange(0, BI)  # (BI,) columns i2 of each block i1
         i1 = tl.arange(0, BN1)
         s = tl.arange(0, BM)
-        q = tl.arange(0, 2 * BI)  # stage 2's output columns (re/im, i2)
+        q = tl.arange(0, 2 * BI)  # stage 2's output columns (R/I, i2)
         qi = tl.program_id(1) * BI + q % BI
-        p = tl.arange(0, 2 * G)  # stage 1's contraction index (f1 in the block, re/im)
+        p = tl.arange(0, 2 * G)  # stage 1's contraction index (g in the block, R/I)
         t_ok, i2_ok, i1_ok, s_ok = t < T, i2 < N2, i1 < N1, s < M2
         acc = tl.full((BN1, BT * BI), 0.0, tl.float32)
-        for g0 in range(0, N1, G):
+        for g0 in range(0, NG, G):
             g = g0 + tl.arange(0, G)
-            g_ok = g < N1
+            g_ok = g < NG
             src = tl.load(src_ptr + g[:, None] * M2 + s[None, :], mask=g_ok[:, None] & s_ok[None, :], other=-1)
             valid = src >= 0  # (G, BM)
             w = tl.load(spec_ptr + src % n, mask=valid, other=0.0).to(tl.float32)  # c_k on both its slots
             zp = z_ptr + src[:, None, :].to(tl.int64) * T + t[None, :, None]
             zg = tl.load(zp, mask=valid[:, None, :] & t_ok[None, :, None], other=0.0)  # (G, BT, BM)
-            ip = inv_ptr + (((q // BI) * N1)[None, None, :] + g[:, None, None]) * (M2 * N2) + \
-                s[None, :, None] * N2 + qi[None, None, :]  # (G, BM, 2BI): inv_twiddle[re/im, f1, slot, i2]
+            ip = inv_ptr + (((q // BI) * NG)[None, None, :] + g[:, None, None]) * (M2 * N2) + \
+                s[None, :, None] * N2 + qi[None, None, :]  # (G, BM, 2BI): inv_twiddle[R/I, g, slot, i2]
             im = g_ok[:, None, None] & s_ok[None, :, None] & (qi < N2)[None, None, :]
             inv = (tl.load(ip, mask=im, other=0.0).to(tl.float32) * w[:, :, None]).to(zg.dtype)
-            b = tl.dot(zg, inv).to(zg.dtype)  # stage 2: B[f1, t, (re/im, i2)]
+            b = tl.dot(zg, inv).to(zg.dtype)  # stage 2: B[g, t, (R/I, i2)]
             b = tl.reshape(tl.permute(tl.reshape(b, (G, BT, 2, BI)), (0, 2, 1, 3)), (2 * G, BT * BI))
             gp = g0 + p // 2
-            c = tl.load(idft_ptr + i1[:, None] * (2 * N1) + ((p % 2) * N1 + gp)[None, :],
-                        mask=i1_ok[:, None] & (gp < N1)[None, :], other=0.0)  # (BN1, 2G): [cos | -sin]
-            acc = tl.dot(c, b, acc)  # stage 1: y[i1, (t, i2)] += cos B_re - sin B_im
+            c = tl.load(idft_ptr + i1[:, None] * (2 * NG) + ((p % 2) * NG + gp)[None, :],
+                        mask=i1_ok[:, None] & (gp < NG)[None, :], other=0.0)  # (BN1, 2G): the plan's inv_dft
+            acc = tl.dot(c, b, acc)  # stage 1: y[i1, (t, i2)] += inv_dft[i1, (R/I, g)] B[(g, R/I), (t, i2)]
         acc = tl.reshape(acc, (BN1, BT, BI)) * alpha
         col = i1[:, None, None] * N2 + i2[None, None, :]
         ym = i1_ok[:, None, None] & t_ok[None, :, None] & i2_ok[None, None, :]
@@ -171,9 +173,9 @@ def analysis(x: torch.Tensor, p: Plan, n: int) -> torch.Tensor:
     out = x.new_empty(2 * n, t)
     bt, bj, warps, stages = ANALYSIS_BLOCKS
     bj = min(bj, _pow2(p.n2))
-    grid = (triton.cdiv(t, bt), triton.cdiv(p.n1, _G))
+    grid = (triton.cdiv(t, bt), triton.cdiv(p.groups, _G))
     _analysis_kernel[grid](x, p.dft, p.twiddle, p.compact, out, t, x.stride(0),
-                           p.n1, p.n2, 2 * p.m, _pow2(p.n1), _G, bt, bj, _pow2(2 * p.m), num_warps=warps,
+                           p.n1, p.n2, p.groups, 2 * p.m, _pow2(p.n1), _G, bt, bj, _pow2(2 * p.m), num_warps=warps,
                            num_stages=stages)
     return out
 
@@ -193,6 +195,6 @@ def synthesis(z: torch.Tensor, p: Plan, spectrum: torch.Tensor, alpha: float, ba
     grid = (triton.cdiv(t, bt), triton.cdiv(p.n2, bi))
     _synthesis_kernel[grid](z, p.compact, spectrum, p.inv_twiddle, p.inv_dft, b, y, t, spectrum.shape[0],
                             float(alpha), b.stride(0), y.stride(0),
-                            p.n1, p.n2, 2 * p.m, _pow2(p.n1), _G, bt, bi, _pow2(2 * p.m), base is not None,
+                            p.n1, p.n2, p.groups, 2 * p.m, _pow2(p.n1), _G, bt, bi, _pow2(2 * p.m), base is not None,
                             num_warps=warps, num_stages=stages)
     return y

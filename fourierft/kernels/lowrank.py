@@ -21,6 +21,7 @@ import torch
 
 from ._cache import basis
 from ._mm import scaled_mm, summed_products
+from ._reuse import reuse
 
 
 def _coeffs(spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -29,10 +30,10 @@ def _coeffs(spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([c, -c])
 
 
-def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: bool = False):
-    """``(y, q)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``q = x @ Bv`` ``(T, 2n)``, all
-    that the backward needs."""
-    q = x @ bv  # (T, 2n)
+def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: bool = False, q=None):
+    """``(y, q)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``q = x @ Bv`` ``(T, 2n)``
+    (computed here unless given), all that the backward needs."""
+    q = x @ bv if q is None else q  # (T, 2n)
     # y = base + scale * (q [c, -c]) Bu^T in one GEMM: alpha = scale, beta = 1 adds the frozen output
     return scaled_mm(q * _coeffs(spectrum, q.dtype), bu.T, scale, base, into_base), q
 
@@ -51,11 +52,12 @@ def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c:
 
 
 class LowRankSpectralLinear(torch.autograd.Function):
-    """``y = x @ dW.T`` through the cos/sin factorisation. ``x``: ``(T, d2)`` in the compute dtype."""
+    """``y = x @ dW.T`` through the cos/sin factorisation. ``x``: ``(T, d2)`` in the compute dtype (its gradient's
+    way in; its values are read once, into ``q = x @ Bv``)."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, bu, bv, scale, base=None, into_base=False):  # noqa: D102 (shapes: docstring)
-        y, q = lowrank_forward(x, spectrum, bu, bv, scale, base, into_base)
+    def forward(ctx, x, q, spectrum, bu, bv, scale, base=None, into_base=False):  # noqa: D102 (shapes: docstring)
+        y, _ = lowrank_forward(x, spectrum, bu, bv, scale, base, into_base, q)
         ctx.save_for_backward(q, spectrum, bu, bv)
         ctx.scale = scale
         return y
@@ -63,9 +65,10 @@ class LowRankSpectralLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         q, spectrum, bu, bv = ctx.saved_tensors
-        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, *ctx.needs_input_grad[:2])
-        grad_base = g if ctx.needs_input_grad[5] else None
-        return grad_x, grad_c, None, None, None, grad_base, None
+        need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, need_x, need_c)
+        grad_base = g if ctx.needs_input_grad[6] else None
+        return grad_x, None, grad_c, None, None, None, grad_base, None
 
 
 def lowrank_linear(
@@ -87,6 +90,7 @@ def lowrank_linear(
     bv = basis(cols, in_features, dtype)  # (d2, 2n)
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features)
+    q = reuse(x, bv, lambda: x2 @ bv)  # shared with the layer before on the same input and entries: see _reuse
     b2 = None if base is None else base.reshape(-1, out_features)
-    y = LowRankSpectralLinear.apply(x2, spectrum, bu, bv, scale, b2, into_base)
+    y = LowRankSpectralLinear.apply(x2, q, spectrum, bu, bv, scale, b2, into_base)
     return y.reshape(*x.shape[:-1], out_features)

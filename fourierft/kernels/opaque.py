@@ -29,7 +29,8 @@ OPAQUE: tuple[str, ...] = ("lowrank", "factored", "fused")
 def _operands(path: str, rows: Tensor, cols: Tensor, d1: int, d2: int, dtype: torch.dtype):
     if path == "lowrank":
         return basis(rows, d1, dtype), basis(cols, d2, dtype)  # (d1, 2n), (d2, 2n)
-    return plan(rows, d1, dtype), plan(cols, d2, dtype)
+    half = path != "fused"  # as factored_linear chooses
+    return plan(rows, d1, dtype, half), plan(cols, d2, dtype, half)
 
 
 @torch.library.custom_op("fourierft::spectral_forward", mutates_args=())

@@ -1,4 +1,4 @@
-"""The factored path's two primitives against the DFT sums written out in float64, and its split choice."""
+"""The factored path's two primitives against the DFT sums written out in float64, on full and paired plans."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from fourierft.kernels import factored
-from fourierft.kernels.factored import analysis, make_plan, regroup, split_cost, synthesis
+from fourierft.kernels import factored_plan
+from fourierft.kernels.factored import analysis, make_plan, regroup, synthesis
 
 
 def dft_sums(f: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,23 +22,31 @@ CASES = {
     "one-group": (36, torch.tensor([0, 6, 12, 18, 24, 30])),  # all f = 0 mod 6 (see the forced split below)
     "prime": (13, torch.tensor([1, 4, 9, 12])),  # no divisor: N1 = 1, stage 1 is the identity
     "nyquist": (16, torch.tensor([0, 8, 3, 13])),  # the self-conjugate bins and a +/- pair
+    # N1 = 5 / 6 / 2 where forced: f1 = 0, both members of each pair, and (even N1) f1 = N1 / 2 in group 0
+    "pairs-odd": (35, torch.tensor([0, 5, 1, 4, 2, 3, 34, 12, 28])),
+    "pairs-even": (42, torch.tensor([0, 3, 9, 1, 5, 2, 4, 41, 27])),
+    "two": (22, torch.tensor([0, 1, 2, 3, 21, 11])),
 }
 
 
-@pytest.fixture(params=[None, 6])
+@pytest.fixture(params=[None, 6, 5, 2])
 def forced_split(request, monkeypatch):
-    """None: the cost model's split (N1 = 1 for these small n); 6: N1 = 6 wherever 6 divides d."""
+    """None: the cost model's split; else N1 = k wherever k divides d (and N1 = 1 elsewhere)."""
     if request.param is not None:
         k = request.param
-        monkeypatch.setattr(factored, "split_cost", lambda d, n: (k, 0.0) if d % k == 0 else (1, 0.0))
+        monkeypatch.setattr(factored_plan, "split_cost", lambda d, n, *_: (k, 0.0) if d % k == 0 else (1, 0.0))
     return request.param
 
 
+@pytest.mark.parametrize("half", [True, False], ids=["half", "full"])
 @pytest.mark.parametrize("case", CASES)
-def test_analysis_and_synthesis_match_the_sums(case, forced_split):
+def test_analysis_and_synthesis_match_the_sums(case, half, forced_split):
     d, f = CASES[case]
     n = f.numel()
-    p = make_plan(f, d, torch.float64)
+    p = make_plan(f, d, torch.float64, half)
+    if forced_split:
+        assert p.n1 == (forced_split if d % forced_split == 0 else 1)
+    assert p.groups == ((p.n1 + 1) // 2 if half else p.n1)
     cos, sin = dft_sums(f, d)
     x = torch.randn(3, d, dtype=torch.float64)
     got = analysis(x, p)[p.row]  # (2n, T)
@@ -55,10 +63,10 @@ def test_analysis_and_synthesis_match_the_sums(case, forced_split):
 
 
 def test_padding_rows_are_zero_and_ignored(monkeypatch):
-    monkeypatch.setattr(factored, "split_cost", lambda d, n: (6, 0.0))
+    monkeypatch.setattr(factored_plan, "split_cost", lambda d, n, *_: (6, 0.0))
     d, f = CASES["one-group"]
     p = make_plan(f, d, torch.float64)
-    assert (p.n1, p.n2, p.m) == (6, 6, f.numel())  # every frequency in group 0, five empty groups
+    assert (p.n1, p.n2, p.groups, p.m) == (6, 6, 3, f.numel())  # every frequency in group 0, two empty groups
     out = analysis(torch.randn(2, d, dtype=torch.float64), p)
     pad = torch.ones(p.rows, dtype=torch.bool)
     pad[p.row] = False
@@ -76,21 +84,3 @@ def test_regroup_moves_each_frequency_to_its_rows():
     src = torch.zeros(pv.rows, dtype=torch.float64).index_put_((pv.row,), torch.arange(8, dtype=torch.float64) + 1)
     moved = src[regroup(pv, pu)]
     assert torch.equal(moved[pu.row], torch.arange(8, dtype=torch.float64) + 1)
-
-
-@pytest.mark.parametrize(("d", "n"), [(4096, 1000), (11008, 1000), (384, 1000), (4096, 10000)])
-def test_split_is_a_divisor_and_cheaper_than_dense(d, n):
-    n1, cost = split_cost(d, n)
-    assert d % n1 == 0 and 1 < n1 < d
-    assert cost < 4 * n  # below the lowrank path's 4 n flops per element of a row
-
-
-def test_split_of_a_prime_is_trivial():
-    assert split_cost(4099, 1000) == (1, 4.0 + 8.0 * 1000)
-
-
-@pytest.mark.parametrize(("d", "aligned"), [(11008, True), (14336, True), (4096, True), (100, False), (86, False)])
-def test_split_prefers_tensor_core_aligned_blocks(d, aligned):
-    n1, _ = split_cost(d, 1000)
-    assert d % n1 == 0 and 1 < n1 < d
-    assert (n1 % 8 == 0 and (d // n1) % 8 == 0) == aligned  # 11008: 32 x 344, not the cheaper-looking 43 x 256

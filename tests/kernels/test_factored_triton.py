@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fourierft.kernels import factored, spectral_linear
+from fourierft.kernels import factored_plan, spectral_linear
 from fourierft.kernels.factored import make_plan
 
 from kernel_ref import make_entries, reference, rel
@@ -60,12 +60,14 @@ def kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 37])
+@pytest.mark.parametrize(("half", "rows"), [(False, 1), (False, 37), (True, 37)], ids=["full-1", "full-37", "half-37"])
 @pytest.mark.parametrize("case", CASES)
-def test_analysis_and_synthesis_match_the_sums(case, rows, dtype):
+def test_analysis_and_synthesis_match_the_sums(case, half, rows, dtype):
+    """On the plans the fused path runs (one group per f1) and, since the kernels read only the plan's matrices, on
+    the paired plans of the PyTorch path too."""
     d, f = CASES[case]
     n = f.numel()
-    p = make_plan(f.to(DEV), d, dtype)
+    p = make_plan(f.to(DEV), d, dtype, half)
     cos, sin = dft_sums(f, d)
     x = torch.randn(rows, d, dtype=torch.float64)
     got = ft.analysis(x.to(DEV, dtype), p, n)  # (2n, T) compact
@@ -86,9 +88,9 @@ def test_analysis_and_synthesis_match_the_sums(case, rows, dtype):
 
 
 def test_padding_slots_are_never_written_or_read(monkeypatch):
-    monkeypatch.setattr(factored, "split_cost", lambda d, n: (16, 0.0))
+    monkeypatch.setattr(factored_plan, "split_cost", lambda d, n, *_: (16, 0.0))
     d, f = 96, torch.tensor([0, 16, 32, 48, 64, 80, 3])  # crowds group 0 of a 16 x 6 split: padding elsewhere
-    p = make_plan(f.to(DEV), d, torch.float16)
+    p = make_plan(f.to(DEV), d, torch.float16, half=False)
     assert (p.compact < 0).any()
     x = torch.randn(3, d, dtype=torch.float16, device=DEV)
     out = torch.full((2 * f.numel(), 3), float("nan"), dtype=torch.float16, device=DEV)
@@ -147,11 +149,11 @@ def test_fused_path_under_compile_is_one_graph_equal_to_eager():
 
 
 def test_too_many_entries_per_group_are_refused(monkeypatch):
-    monkeypatch.setattr(factored, "split_cost", lambda d, n: (16, 0.0))
+    monkeypatch.setattr(factored_plan, "split_cost", lambda d, n, *_: (16, 0.0))
     d = 256
     crowded = torch.arange(0, d, 16).repeat(5)  # 80 entries, all in group 0: 2m = 160 slots > MAX_SLOTS
-    assert not ft.fits(make_plan(crowded, d, torch.float16))
-    assert ft.fits(make_plan(torch.arange(80), d, torch.float16))  # 5 per group
+    assert not ft.fits(make_plan(crowded, d, torch.float16, half=False))
+    assert ft.fits(make_plan(torch.arange(80), d, torch.float16, half=False))  # 5 per group
     rows = torch.zeros(80, dtype=torch.int64, device=DEV)
     x = torch.randn(2, d, device=DEV).to(torch.float16)
     with pytest.raises(ValueError, match="compute path 'fused' cannot serve this layer"):

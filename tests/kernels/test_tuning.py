@@ -183,3 +183,22 @@ def test_cuda_auto_measures_once(grad):
     assert path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad)] is choice
     ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
     assert rel(y, ry) < 1e-4
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_losers_caches_are_dropped_and_the_winners_kept(training):
+    """Timing a candidate builds its bases, plans or (at inference, on the layer's own spectrum) dense dW; only the
+    chosen path's stay on the layer's tensors."""
+    from fourierft.kernels import _cache
+
+    _cache.clear_caches()
+    x, c, rows, cols = inputs(grad=False)
+    timer = FakeTimer({"lowrank": 2e-3, "gemm": 3e-3, "factored": 1e-3})
+    assert tune(x, c, rows, cols, D1, D2, 2.0, training=training, timer=timer) == "factored"
+    kinds = {key[0] for idx in (rows, cols) for key in _cache._by_index[idx][2]}
+    assert kinds == {"plan"}  # lowrank's bases gone, factored's plans kept
+    assert _cache.cache_sizes()["dense"] == 0  # gemm's dW on c (inference) gone
+    timer = FakeTimer({"lowrank": 1e-3, "gemm": 3e-3, "factored": 2e-3})
+    clear_path_choices()
+    assert tune(x, c, rows, cols, D1, D2, 2.0, training=training, timer=timer) == "lowrank"
+    assert {key[0] for idx in (rows, cols) for key in _cache._by_index[idx][2]} == {"basis"}

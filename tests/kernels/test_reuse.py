@@ -1,0 +1,119 @@
+"""Layers that read one input with the same entries share its transform (``_reuse``), inside a scope only, and the
+results are those of separate calls to the bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import build, inputs
+
+import fourierft
+from fourierft.kernels import _reuse, factored, spectral_linear
+from fourierft.kernels._reuse import reuse_scope
+
+from kernel_ref import make_entries
+
+PATHS = ["lowrank", "factored"]
+D1, D2, N = 24, 20, 30
+
+
+def saved_transform(y: torch.Tensor) -> torch.Tensor:
+    """The tensor the custom backward of ``y``'s adapter saved first (``q`` or ``xk``)."""
+    stack = [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if type(fn).__name__.endswith("SpectralLinearBackward"):
+            return fn.saved_tensors[0]
+        stack += [f for f, _ in fn.next_functions if f is not None]
+    raise AssertionError("no adapter node in the graph")
+
+
+def three_layers(path: str, x: torch.Tensor, spectra: list[torch.Tensor], scoped: bool) -> list[torch.Tensor]:
+    rows, cols = make_entries(D1, D2, N)
+    with reuse_scope() if scoped else torch.enable_grad():
+        return [spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path) for c in spectra]
+
+
+def leaves(seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 5, D2, generator=g, dtype=torch.float64).requires_grad_()
+    return x, [torch.randn(N, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_layers_reading_one_input_share_its_transform_and_match_separate_calls(path):
+    results = {}
+    for scoped in (True, False):
+        x, spectra = leaves()
+        ys = three_layers(path, x, spectra, scoped)
+        ptrs = {saved_transform(y).data_ptr() for y in ys}
+        sum(y.square().sum() for y in ys).backward()
+        results[scoped] = ptrs, ys, x.grad, [c.grad for c in spectra]
+    assert len(results[True][0]) == 1 and len(results[False][0]) == 3  # one saved transform instead of three
+    for a, b in zip(results[True][1:], results[False][1:]):
+        for got, want in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_input_written_in_place_between_layers_is_transformed_again(path):
+    rows, cols = make_entries(D1, D2, N)
+    x, (c, _, _) = leaves()
+    x = x.detach()
+    with reuse_scope():
+        first = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path)
+        x.mul_(-2.0)  # bumps the version counter
+        second = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path)
+    want = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path)  # outside a scope: computed afresh
+    assert torch.equal(second, want) and not torch.equal(first, second)
+    assert saved_transform(first).data_ptr() != saved_transform(second).data_ptr()
+
+
+def test_other_entries_are_not_shared():
+    x, (c, _, _) = leaves()
+    rows, cols = make_entries(D1, D2, N)
+    other = make_entries(D1, D2, N, seed=1)
+    with reuse_scope():
+        a = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path="factored")
+        b = spectral_linear(x, c, *other, D1, D2, 40.0, path="factored")
+    assert torch.equal(b, spectral_linear(x, c, *other, D1, D2, 40.0, path="factored"))
+    assert saved_transform(a).data_ptr() != saved_transform(b).data_ptr()
+
+
+def test_nothing_is_kept_after_the_scope_or_the_input():
+    rows, cols = make_entries(D1, D2, N)
+    leaf, (c, _, _) = leaves()
+    x = leaf * 1.0  # not a leaf: the graph does not hold it
+    with reuse_scope():
+        with reuse_scope():  # nested: the outer scope still keeps it
+            y = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path="factored")
+        assert _reuse._local.entry.value is saved_transform(y)
+        del x  # the input freed: the kept transform goes with it (the graph still holds its own reference)
+        assert _reuse._local.entry.value is None
+    assert _reuse._local.entry is None
+
+
+def test_nothing_is_kept_without_autograd_or_for_inference_tensors():
+    rows, cols = make_entries(D1, D2, N)
+    x, (c, _, _) = leaves()
+    with torch.inference_mode():
+        xi = x.detach().clone()
+    with reuse_scope():
+        with torch.no_grad():  # nothing to save: the direct path, nothing kept
+            plain = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path="factored")
+        assert getattr(_reuse._local, "entry", None) is None
+        y = spectral_linear(xi, c, rows, cols, D1, D2, 40.0, path="factored")  # c needs a gradient
+        assert getattr(_reuse._local, "entry", None) is None
+    assert torch.equal(y, plain)
+
+
+def test_a_model_forward_transforms_each_shared_input_once(monkeypatch):
+    """Tiny LLaMA (GQA: k and v 16 wide, q 32): per block q, k (v shares k's), o, gate (up shares it) and down."""
+    calls = []
+    transform = factored.transform_input
+    monkeypatch.setattr(factored, "transform_input", lambda *a, **k: calls.append(1) or transform(*a, **k))
+    cfg = fourierft.FourierFTConfig(n_frequency=40, scaling=50.0, target_modules="all-linear", init_weights=False)
+    model = fourierft.get_peft_model(build("llama"), cfg)
+    model.base_model.set_compute_path("factored")
+    model(**inputs("llama")).logits.sum().backward()
+    assert len(calls) == 2 * 5
