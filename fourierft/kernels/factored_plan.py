@@ -26,7 +26,8 @@ class Plan:
     each frequency reads one pair: ``A[f1] = alpha R_g + beta I_g`` (see :func:`make_plan`). Transformed rows live in
     a *grouped* layout of ``groups * 2m`` rows (group ``g``, then ``m`` real parts, then ``m`` imaginary parts);
     ``row`` (2n,) gives the rows of ``[Re X_k; Im X_k]`` there. Padding rows hold zeros on the way out of
-    :func:`analysis` and are ignored (zero weights) on the way into :func:`synthesis`.
+    :func:`~.factored.analysis` and are ignored on the way into :func:`~.factored.synthesis` (their ``twiddle`` and
+    ``inv_twiddle`` rows are zero).
     """
 
     n1: int
@@ -49,7 +50,8 @@ class Plan:
 
 
 # bf16/fp16 GEMMs on tensor cores want 16-byte aligned leading dimensions: stage 1 reads ``x`` as (n1, n2) blocks
-# and multiplies by an (2 n1, n1) DFT, so n1 and n2 both multiples of 8 keep cuBLAS on its fast kernels. With
+# and multiplies them by the (2 groups, n1) stage-1 matrix, so n1 and n2 both multiples of 8 keep cuBLAS on its fast
+# kernels. With
 # 11008 = 43 x 256 the unaligned split (n1 = 43) fell back to sm75-era kernels taking 0.3 ms per call on an H200
 # (bench/profile_step.py, docs/benchmarks.md); an aligned split is taken whenever d has one.
 ALIGN = 8
