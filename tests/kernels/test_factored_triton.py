@@ -59,12 +59,14 @@ def kernels(monkeypatch):
     monkeypatch.setattr(ft, "supports", lambda x, *plans: x.dtype in ft.DTYPES and ft.fits(*plans))
 
 
+# the plans the fused path runs (one group per f1) on every case; the paired plans of the PyTorch path (the kernels
+# read only the plan's matrices) on two: a group count that is no power of two, and a repeated frequency
+GRID = [(case, False, rows) for case in CASES for rows in (1, 37)] + [("384", True, 37), ("repeat", True, 37)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("half", "rows"), [(False, 1), (False, 37), (True, 37)], ids=["full-1", "full-37", "half-37"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(("case", "half", "rows"), GRID)
 def test_analysis_and_synthesis_match_the_sums(case, half, rows, dtype):
-    """On the plans the fused path runs (one group per f1) and, since the kernels read only the plan's matrices, on
-    the paired plans of the PyTorch path too."""
     d, f = CASES[case]
     n = f.numel()
     p = make_plan(f.to(DEV), d, dtype, half)
