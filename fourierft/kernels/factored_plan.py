@@ -109,7 +109,7 @@ def _stage1(n1: int, groups: int, half: bool, work: torch.dtype, dev) -> torch.T
     g, j1 = torch.arange(groups, device=dev), torch.arange(n1, device=dev)
     c, s = _cos_sin(g[:, None] * j1[None, :], n1, work)  # (groups, n1)
     if half:
-        s[0] = c[0] * 0 if n1 % 2 else torch.cos(j1.to(work) * math.pi)
+        s[0] = torch.zeros_like(c[0]) if n1 % 2 else torch.cos(j1.to(work) * math.pi)
     return torch.stack([c, s], 1).reshape(2 * groups, n1)
 
 
