@@ -22,7 +22,8 @@ stage 1 is an N1-point DFT of every row, stage 2 one small matmul per group of f
 ``8 m d / 2`` flops for ``N1 / 2`` groups of ``m`` slots, about ``2n / N1`` each). Synthesis is the same two stages
 transposed. With N1 near ``2 sqrt(n)`` that is ~12x fewer flops than lowrank at n = 1000 and d = 4096, for any d
 with a divisor near there (no radix restriction: 11008 = 43 x 256). It is bound by memory, not flops: each transform
-writes and reads one ``(T, d)`` stage-1 result (docs/benchmarks.md). Matmuls run in the input dtype with fp32
+writes and reads one ``(T, d)`` stage-1 result (docs/benchmarks.md); stage 1 runs through :func:`.blockmm.blockmm`
+(a Triton kernel on CUDA where it beats cuBLAS' batched GEMM). Matmuls run in the input dtype with fp32
 accumulation; ``scale`` is the last matmul's alpha, as in ``_mm.py``.
 """
 
@@ -33,6 +34,7 @@ import torch
 from . import factored_triton
 from ._mm import summed_products
 from ._reuse import reuse
+from .blockmm import blockmm
 from .factored_plan import Plan, make_plan, plan, split_cost
 
 __all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "plan", "split_cost", "synthesis"]
@@ -41,7 +43,7 @@ __all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "
 def analysis(x: torch.Tensor, p: Plan) -> torch.Tensor:
     """``X[k, t] = sum_j x[t, j] w_d^{f_k j}`` for ``x`` ``(T, d)``, as ``(p.rows, T)`` in ``p``'s grouped layout."""
     t = x.shape[0]
-    a = torch.bmm(p.dft.expand(t, -1, -1), x.view(t, p.n1, p.n2))  # (T, 2G, n2): stage 1, rows (g, R/I)
+    a = blockmm(p.dft, x.view(t, p.n1, p.n2))  # (T, 2G, n2): stage 1, rows (g, R/I)
     a = a.view(t, p.groups, 2 * p.n2).permute(1, 2, 0)  # (G, 2 n2, T): [R; I] per group (a strided view)
     return torch.bmm(p.twiddle, a).view(p.rows, t)  # stage 2: (G, 2m, T)
 
@@ -72,20 +74,13 @@ def synthesis(
     t = z.shape[1]
     zg = z.view(p.groups, 2 * p.m, t).transpose(1, 2)  # (G, T, 2m), a strided view
     inv = torch.empty_like(p.inv_twiddle)  # the coefficients ride on the small matrix, not on z
-    torch.mul(p.inv_twiddle, w.view(1, p.groups, 2 * p.m, 1), out=inv)
-    b = z.new_empty(2, p.groups, t, p.n2)
-    torch.bmm(zg, inv[0], out=b[0])  # stage 2: the R rows (G, T, n2)
-    torch.bmm(zg, inv[1], out=b[1])  # the I rows
-    b = b.view(2 * p.groups, t, p.n2).transpose(0, 1)  # (T, 2G, n2): rows (R/I, g), a strided view
-    idft = p.inv_dft.expand(t, -1, -1)
-    if base is None and torch.compiler.is_compiling():  # traced (mixed batches): a broadcast zero, as _mm does
-        y = torch.baddbmm(z.new_zeros(()), idft, b, beta=0.0, alpha=alpha)
-    elif base is None:  # beta = 0: the fresh output is never read (no zero fill first)
-        y = z.new_empty(t, p.n1, p.n2).baddbmm_(idft, b, beta=0.0, alpha=alpha)
-    else:
-        inp = base.reshape(t, p.n1, p.n2)
-        y = torch.baddbmm(inp, idft, b, alpha=alpha, out=inp if into_base else None)
-    return y.view(t, p.n1 * p.n2)  # stage 1
+    torch.mul(p.inv_twiddle, w.view(p.groups, 2 * p.m, 1), out=inv)
+    b = z.new_empty(t, p.groups, 2 * p.n2)
+    torch.bmm(zg, inv, out=b.transpose(0, 1))  # stage 2, each group's (T, 2 n2) into its columns of b
+    b = b.view(t, 2 * p.groups, p.n2)  # (T, 2G, n2): rows (g, R/I), what inv_dft's columns read
+    inp = None if base is None else base.reshape(t, p.n1, p.n2)
+    y = blockmm(p.inv_dft, b, alpha, inp, out=inp if into_base else None)  # stage 1
+    return y.view(t, p.n1 * p.n2)
 
 
 def transform_input(x: torch.Tensor, pv: Plan, n: int, fused: bool = False) -> torch.Tensor:

@@ -36,8 +36,8 @@ class Plan:
     m: int
     dft: torch.Tensor  # (2 groups, n1): rows (g, R/I) of stage 1
     twiddle: torch.Tensor  # (groups, 2m, 2 n2): [Re X; Im X] of each slot from [R_g; I_g]
-    inv_twiddle: torch.Tensor  # (2, groups, 2m, n2): the transpose of ``twiddle`` (R part, I part), Im slots negated
-    inv_dft: torch.Tensor  # (n1, 2 groups): the transpose of ``dft``, columns (R/I, g)
+    inv_twiddle: torch.Tensor  # (groups, 2m, 2 n2): ``twiddle`` with its Im slots negated (synthesis' stage 2)
+    inv_dft: torch.Tensor  # (n1, 2 groups): the transpose of ``dft``, columns (g, R/I)
     row: torch.Tensor  # (2n,) int64
     compact: torch.Tensor  # (rows,) int32: the row of ``[Re X_k; Im X_k]`` each grouped row holds, -1 on padding
     take: torch.Tensor  # (rows,) int64: ``compact`` with padding reading row 0 (weighted 0), for gathers
@@ -140,8 +140,8 @@ def make_plan(idx: torch.Tensor, d: int, dtype: torch.dtype, half: bool = True) 
     tw[g, m + slot] = torch.cat([a * s, br * s + bi * c], 1)
     # synthesis is analysis transposed: Re sum_k Z_k w^(f_k i) = sum_k (Re Z_k cos - Im Z_k sin), hence the sign
     sign = torch.cat([torch.ones(m, dtype=work, device=dev), -torch.ones(m, dtype=work, device=dev)])
-    inv = (tw * sign[:, None]).view(groups, 2 * m, 2, n2).permute(2, 0, 1, 3)  # (2, groups, 2m, n2)
-    inv_dft = dft.view(groups, 2, n1).permute(2, 1, 0).reshape(n1, 2 * groups)  # columns (R/I, g)
+    inv = tw * sign[:, None]  # (groups, 2m, 2 n2): slot -> [R; I] of its group
+    inv_dft = dft.T  # (n1, 2 groups)
     row = torch.cat([g * 2 * m + slot, g * 2 * m + m + slot])
     compact = torch.full((groups * 2 * m,), -1, dtype=torch.int32, device=dev)
     compact[row] = torch.arange(2 * n, dtype=torch.int32, device=dev)

@@ -143,14 +143,14 @@ if triton is not None:
             w = tl.load(spec_ptr + src % n, mask=valid, other=0.0).to(tl.float32)  # c_k on both its slots
             zp = z_ptr + src[:, None, :].to(tl.int64) * T + t[None, :, None]
             zg = tl.load(zp, mask=valid[:, None, :] & t_ok[None, :, None], other=0.0)  # (G, BT, BM)
-            ip = inv_ptr + (((q // BI) * NG)[None, None, :] + g[:, None, None]) * (M2 * N2) + \
-                s[None, :, None] * N2 + qi[None, None, :]  # (G, BM, 2BI): inv_twiddle[R/I, g, slot, i2]
+            ip = inv_ptr + g[:, None, None] * (M2 * 2 * N2) + s[None, :, None] * (2 * N2) + \
+                ((q // BI) * N2 + qi)[None, None, :]  # (G, BM, 2BI): inv_twiddle[g, slot, (R/I, i2)]
             im = g_ok[:, None, None] & s_ok[None, :, None] & (qi < N2)[None, None, :]
             inv = (tl.load(ip, mask=im, other=0.0).to(tl.float32) * w[:, :, None]).to(zg.dtype)
             b = tl.dot(zg, inv).to(zg.dtype)  # stage 2: B[g, t, (R/I, i2)]
             b = tl.reshape(tl.permute(tl.reshape(b, (G, BT, 2, BI)), (0, 2, 1, 3)), (2 * G, BT * BI))
             gp = g0 + p // 2
-            c = tl.load(idft_ptr + i1[:, None] * (2 * NG) + ((p % 2) * NG + gp)[None, :],
+            c = tl.load(idft_ptr + i1[:, None] * (2 * NG) + (2 * g0 + p)[None, :],
                         mask=i1_ok[:, None] & (gp < NG)[None, :], other=0.0)  # (BN1, 2G): the plan's inv_dft
             acc = tl.dot(c, b, acc)  # stage 1: y[i1, (t, i2)] += inv_dft[i1, (R/I, g)] B[(g, R/I), (t, i2)]
         acc = tl.reshape(acc, (BN1, BT, BI)) * alpha

@@ -74,6 +74,23 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer LLaMA with grouped-query attention (v_proj 16 x 32: 2 of 4 heads) and tied embeddings, sharing the
+    toy vocabulary: SmolLM2's layout at a size the CPU trains in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    _tokenizer(folder)
+    return folder
+
+
 def review(rng: random.Random, positive: bool) -> str:
     words = rng.sample(FILLER, 4) + rng.sample(POS if positive else NEG, 2)
     rng.shuffle(words)

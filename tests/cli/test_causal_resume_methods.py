@@ -104,3 +104,20 @@ def test_reference_methods(tiny_bert: Path, toy_csv: Path, tmp_path: Path) -> No
     assert "on 120 examples" in proc.stdout
     proc = ok(cli("info", str(tmp_path / "lora")))
     assert "LORA" in proc.stdout and "lora_A" in proc.stdout
+
+
+def test_lora_on_a_causal_lm_with_grouped_query_attention(tiny_llama: Path, toy_csv: Path, tmp_path: Path) -> None:
+    """--method lora on labelled text and a causal LM (the instruct task, as on SmolLM2): PEFT's LoRA on the same
+    layers, counted on the narrower v_proj, with the tied embeddings counted once."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    proc = ok(cli("train", "--model", str(tiny_llama), "--data", str(toy_csv), "--method", "lora", "--max-steps",
+                  "1", "--batch-size", "8", "--no-plots", "--out", str(out)))
+    assert "LoRA (PEFT) r=8 alpha=16 on 4 layers (q_proj, v_proj)" in proc.stdout
+    assert "task: instruct" in proc.stdout and "answer accuracy after training" in proc.stdout
+    params = json.loads((out / "metrics.json").read_text())["params"]
+    assert params["adapter"] == 2 * 8 * ((32 + 32) + (32 + 16))  # 2 layers x r x (q: 32 -> 32, v: 32 -> 16)
+    base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama).parameters())  # tied: once
+    assert params["total"] == base + params["adapter"]
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"

@@ -106,16 +106,3 @@ def test_eval_and_merge_on_the_result(run: tuple[Path, str], rt_slice: Path, tmp
     assert answers[:3] == result["answers"]  # the merged model's greedy answers are the adapter's
     assert "Paris" in answers[3]
 
-
-def test_lora_reference_on_the_same_data(rt_slice: Path, tmp_path: Path) -> None:
-    """--method lora trains PEFT's LoRA on the same layers and data (--method full is the generic path, tested on
-    the tiny models in test_causal_resume_methods: a full SmolLM2 checkpoint would cost this module minutes)."""
-    out = tmp_path / "lora"
-    proc = ok(cli("train", "--model", "smollm2", "--data", str(rt_slice), "--method", "lora", "--max-steps", "1",
-                  "--batch-size", "2", "--no-plots", "--out", str(out)))
-    assert "LoRA (PEFT) r=8 alpha=16 on 60 layers (q_proj, v_proj)" in proc.stdout
-    assert "answer accuracy after training" in proc.stdout
-    params = json.loads((out / "metrics.json").read_text())["params"]
-    assert params["adapter"] == 460_800  # r=8 on q (576x576) and v (192x576) in 30 layers
-    assert params["total"] == 134_515_008 + 460_800  # the base counted once (tied embeddings)
-    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"

@@ -35,3 +35,24 @@ def reference(x, g, c, rows, cols, d1, d2, scaling):
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def interpret(monkeypatch, module, *names: str) -> None:
+    """Rebind the Triton kernels ``names`` of ``module`` to interpreted copies (Triton's interpreter, numpy
+    underneath), so CPU tests run the kernels themselves."""
+    import triton
+    from triton.runtime import interpreter
+
+    for name in names:
+        monkeypatch.setattr(module, name, interpreter.InterpretedFunction(getattr(module, name).fn))
+    # The interpreter multiplies bf16 operands as their raw uint16 bits (numpy has no bf16); widen them first.
+    dot = interpreter.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, *args):
+        if a.dtype.scalar == triton.language.bfloat16:
+            a, b = (interpreter.TensorHandle(interpreter._convert_float(h.data, h.dtype.scalar, triton.language.float32,
+                                                                        None).view("float32"), triton.language.float32)
+                    for h in (a, b))
+        return dot(self, a, b, d, *args)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)

@@ -13,7 +13,7 @@ import torch
 from fourierft.kernels import factored_plan, spectral_linear
 from fourierft.kernels.factored import make_plan
 
-from kernel_ref import make_entries, reference, rel
+from kernel_ref import interpret, make_entries, reference, rel
 from test_factored import dft_sums
 
 triton = pytest.importorskip("triton")
@@ -39,22 +39,7 @@ def kernels(monkeypatch):
     """The compiled kernels on CUDA; on the CPU interpreted copies (Triton's interpreter, numpy underneath)."""
     if DEV == "cuda":
         return
-    from triton.runtime import interpreter
-
-    for name in ("_analysis_kernel", "_synthesis_kernel"):
-        monkeypatch.setattr(ft, name, interpreter.InterpretedFunction(getattr(ft, name).fn))
-    # The interpreter multiplies bf16 operands as their raw uint16 bits (numpy has no bf16); widen them first.
-    dot = interpreter.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, *args):
-        if a.dtype.scalar == triton.language.bfloat16:
-            a = interpreter.TensorHandle(interpreter._convert_float(a.data, a.dtype.scalar, triton.language.float32,
-                                                                    None).view("float32"), triton.language.float32)
-            b = interpreter.TensorHandle(interpreter._convert_float(b.data, b.dtype.scalar, triton.language.float32,
-                                                                    None).view("float32"), triton.language.float32)
-        return dot(self, a, b, d, *args)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+    interpret(monkeypatch, ft, "_analysis_kernel", "_synthesis_kernel")
     # CPU tensors go to the interpreter; the dtype and shared-memory rules stay
     monkeypatch.setattr(ft, "supports", lambda x, *plans: x.dtype in ft.DTYPES and ft.fits(*plans))
 

@@ -1,0 +1,85 @@
+"""Stage 1 of the factored transforms (``fourierft.kernels.blockmm``): the Triton kernel against cuBLAS, one run.
+
+    PYTHONPATH=. python bench/blockmm.py [--tokens 4096] [--n 1000] [--sizes 4096,11008]
+
+For each size ``d`` the plan ``auto`` builds for n uniform entries gives the two stage-1 products of a layer:
+analysis (``L = dft`` ``(2G, N1)`` on ``x`` viewed ``(T, N1, N2)``) and synthesis (``L = inv_dft`` on the stage-2
+result as :func:`fourierft.kernels.factored.synthesis` lays it out, plus the frozen output). Each is timed
+through ``reference`` (cuBLAS' strided batched GEMM) and through the Triton kernel, with the bytes each must move
+(read ``R`` and ``base``, write the result) over the time as a bandwidth, and the kernel's largest error against
+float64. Rows go to ``bench/results/blockmm-<UTC>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import entries  # noqa: E402
+from bench.results import write_results  # noqa: E402
+from fourierft.kernels import blockmm as bm  # noqa: E402
+from fourierft.kernels.factored_plan import make_plan  # noqa: E402
+
+
+def cases(d: int, n: int, t: int, dtype):
+    """(name, L, R, base) for the analysis and the synthesis stage 1 of a length-``d`` transform."""
+    p = make_plan(entries(d, d, n)[1].cuda(), d, dtype)
+    x = torch.randn(t, d, device="cuda", dtype=dtype)
+    r_syn = torch.randn(t, 2 * p.groups, p.n2, device="cuda", dtype=dtype)  # synthesis' stage-2 result
+    yield f"analysis {d}", p.dft, x.view(t, p.n1, p.n2), None
+    yield f"synthesis {d}", p.inv_dft, r_syn, torch.randn(t, p.n1, p.n2, device="cuda", dtype=dtype)
+
+
+def timed(fn, reps: int = 50) -> float:
+    for _ in range(5):
+        fn()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    a.record()
+    for _ in range(reps):
+        fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--sizes", default="4096,11008")
+    ap.add_argument("--results", default=None)
+    a = ap.parse_args()
+    rows = []
+    print("| product | M x K x N | cuBLAS ms | Triton ms | cuBLAS TB/s | Triton TB/s | Triton max err |")
+    print("|---|---|---|---|---|---|---|")
+    for dtype in (torch.bfloat16, torch.float16):
+        for d in (int(s) for s in a.sizes.split(",")):
+            for name, l, r, base in cases(d, a.n, a.tokens, dtype):
+                alpha = 0.5
+                want = torch.einsum("mk,tkn->tmn", l.double(), r.double()) * alpha
+                if base is not None:
+                    want += base.double()
+                got = bm.blockmm(l, r, alpha, base)
+                err = ((got.double() - want).abs().max() / want.abs().max()).item()
+                ms_ref = timed(lambda: bm.reference(l, r, alpha, base))
+                ms_tri = timed(lambda: bm.blockmm(l, r, alpha, base))
+                moved = (r.numel() + got.numel() * (2 if base is not None else 1)) * r.element_size()
+                t, k, n = r.shape
+                shape = f"{l.shape[0]} x {k} x {n}"
+                print(f"| {name} {str(dtype)[6:]} | {shape} | {ms_ref:.4f} | {ms_tri:.4f} | {moved / ms_ref / 1e9:.2f} | "
+                      f"{moved / ms_tri / 1e9:.2f} | {err:.1e} |", flush=True)
+                rows.append({"product": name, "dtype": str(dtype).removeprefix("torch."), "tokens": a.tokens,
+                             "n": a.n, "shape": shape, "cublas_ms": ms_ref, "triton_ms": ms_tri,
+                             "cublas_over_triton": ms_ref / ms_tri, "bytes": moved, "triton_rel_err": err})
+    path = write_results("blockmm", rows, out=a.results,
+                         note="stage-1 products of the factored path: cuBLAS strided batched GEMM vs the Triton kernel")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

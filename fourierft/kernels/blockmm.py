@@ -1,0 +1,121 @@
+"""Stage 1 of the factored transforms: one small matrix times every row's block, ``out[t] = alpha L @ R[t] + base[t]``.
+
+Shapes: ``L`` ``(M, K)``, ``R`` ``(T, K, N)``, ``base`` and the result ``(T, M, N)``; in the factored path
+(:mod:`.factored`) ``L`` is a plan's stage-1 DFT ``(2G, N1)`` or its transpose, ``K, M <= 2 sqrt(n)`` (64 at
+n = 1000), and ``T`` is the number of tokens. Every block of ``R`` is read once and every block of the result
+written once, so the product is bound by memory, not flops.
+
+cuBLAS runs it as a strided batched GEMM of ``T`` tiny matrices (one per token): at LLaMA-7B's 4096 = 64 x 64 split
+that reaches 30-37% of an H200's memory bandwidth (bench/blockmm.py). The Triton kernel here reads ``L`` once per program and treats ``BT`` tokens' blocks
+as the columns of one product, ``L @ [R[t0] .. R[t0 + BT)]``, so each program streams whole rows of ``R`` and of the
+result. CPU tensors, float32/float64 and machines without Triton take :func:`reference` (``torch.baddbmm``).
+
+As in cuBLAS: operands in the input dtype, an fp32 accumulator, ``alpha`` and ``base`` applied to it in fp32, one
+rounding to the output dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs: reference() runs
+    triton = None
+
+DTYPES = (torch.float16, torch.bfloat16)
+MAX_DIM = 128  # M and K up to this (padded to a power of two) fit one program's registers; larger take reference()
+# Measured on an H200 (bench/blockmm.py and a sweep of the settings below, 2026-12-01): at 4096 = 64 x 64 the kernel
+# takes 0.71x cuBLAS' time for analysis and 0.43x for synthesis' last stage (which also reads the frozen output);
+# at 11008 = 32 x 344, 0.83x for synthesis but 1.4x for analysis. So rows wider than MAX_N columns are served only
+# when a ``base`` is read.
+MAX_N = 128
+
+
+def reference(l: torch.Tensor, r: torch.Tensor, alpha: float = 1.0, base: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """``alpha L @ R[t] (+ base[t])`` for every ``t`` through ``torch.baddbmm`` (written into ``out`` if given)."""
+    lb = l.expand(r.shape[0], -1, -1)
+    if base is not None:
+        return torch.baddbmm(base, lb, r, alpha=alpha, out=out)
+    if out is not None:
+        return torch.baddbmm(out, lb, r, beta=0.0, alpha=alpha, out=out)
+    if torch.compiler.is_compiling():  # traced: a broadcast zero, never read (beta = 0), as _mm does
+        return torch.baddbmm(r.new_zeros(()), lb, r, beta=0.0, alpha=alpha)
+    # beta = 0: the fresh output is never read (no zero fill first)
+    return r.new_empty(r.shape[0], l.shape[0], r.shape[2]).baddbmm_(lb, r, beta=0.0, alpha=alpha)
+
+
+def supports(l: torch.Tensor, r: torch.Tensor, base: torch.Tensor | None = None) -> bool:
+    """Whether the Triton kernel serves these operands: CUDA fp16/bf16, unit stride along ``N``, ``M, K <=``
+    :data:`MAX_DIM`, ``N <=`` :data:`MAX_N` unless a ``base`` is read, and Triton installed."""
+    return (triton is not None and r.is_cuda and r.dtype in DTYPES and l.dtype == r.dtype and r.stride(2) == 1
+            and max(l.shape) <= MAX_DIM and (r.shape[2] <= MAX_N or base is not None))
+
+
+def blockmm(l: torch.Tensor, r: torch.Tensor, alpha: float = 1.0, base: torch.Tensor | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[t] = alpha L @ R[t] (+ base[t])``: ``L`` ``(M, K)``, ``R`` ``(T, K, N)`` (any strides), ``base`` and the
+    result ``(T, M, N)``; written into ``out`` (which may be ``base`` itself) when given. The Triton kernel where
+    :func:`supports` says so, else :func:`reference`."""
+    if torch.compiler.is_compiling() or not supports(l, r, base):
+        return reference(l, r, alpha, base, out)
+    if out is None:
+        out = r.new_empty(r.shape[0], l.shape[0], r.shape[2])
+    if out.stride(2) != 1 or (base is not None and base.stride(2) != 1):
+        return reference(l, r, alpha, base, out)
+    _launch(l.contiguous(), r, alpha, base, out)
+    return out
+
+
+def _pow2(v: int) -> int:
+    return max(16, 1 << (int(v) - 1).bit_length())
+
+
+def _config(n: int, has_base: bool) -> tuple[int, int, int, int, int]:
+    """(tokens per step, columns per step, steps per program, warps, pipeline stages) for rows of ``n`` columns:
+    the sweep's best. A step multiplies ``L`` by the blocks of its tokens side by side (128 columns); without a
+    ``base`` each program walks 4 steps, loading the next while it stores the current one."""
+    bn = min(_pow2(n), 128)
+    if has_base:
+        return max(1, 128 // bn), bn, 1, 4 if n <= MAX_N else 8, 1
+    return max(1, 128 // bn), bn, 4, 4, 2
+
+
+def _launch(l, r, alpha, base, out) -> None:
+    t, k, n = r.shape
+    m = l.shape[0]
+    bt, bn, steps, warps, stages = _config(n, base is not None)
+    b = out if base is None else base
+    grid = (triton.cdiv(t, bt * steps), triton.cdiv(n, bn))
+    _blockmm_kernel[grid](l, r, b, out, t, m, k, n, float(alpha),
+                          r.stride(0), r.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+                          _pow2(m), _pow2(k), bt, bn, steps, base is not None, stages, num_warps=warps)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _blockmm_kernel(l_ptr, r_ptr, base_ptr, out_ptr, T, M, K, N, alpha,
+                        srt, srk, sbt, sbm, sot, som,
+                        BM: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
+                        STEPS: tl.constexpr, HAS_BASE: tl.constexpr, STAGES: tl.constexpr):
+        j = tl.program_id(1) * BN + tl.arange(0, BN)  # (BN,) columns of each block
+        i = tl.arange(0, BM)
+        kk = tl.arange(0, BK)
+        j_ok, i_ok, k_ok = j < N, i < M, kk < K
+        lt = tl.load(l_ptr + i[:, None] * K + kk[None, :], mask=i_ok[:, None] & k_ok[None, :], other=0.0)  # (BM, BK)
+        for step in tl.range(0, STEPS, num_stages=STAGES):
+            t = (tl.program_id(0) * STEPS + step) * BT + tl.arange(0, BT)  # (BT,) tokens
+            t_ok = t < T
+            rp = r_ptr + t[None, :, None].to(tl.int64) * srt + kk[:, None, None] * srk + j[None, None, :]
+            rm = k_ok[:, None, None] & t_ok[None, :, None] & j_ok[None, None, :]
+            rt = tl.reshape(tl.load(rp, mask=rm, other=0.0), (BK, BT * BN))  # R[t, k, j] as (k, (t, j))
+            acc = tl.reshape(tl.dot(lt, rt), (BM, BT, BN)) * alpha  # (BM, BT, BN) fp32
+            om = i_ok[:, None, None] & t_ok[None, :, None] & j_ok[None, None, :]
+            if HAS_BASE:
+                bp = base_ptr + t[None, :, None].to(tl.int64) * sbt + i[:, None, None] * sbm + j[None, None, :]
+                acc += tl.load(bp, mask=om, other=0.0).to(tl.float32)
+            op = out_ptr + t[None, :, None].to(tl.int64) * sot + i[:, None, None] * som + j[None, None, :]
+            tl.store(op, acc.to(out_ptr.dtype.element_ty), mask=om)
