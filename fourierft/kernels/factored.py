@@ -58,38 +58,23 @@ def regroup(src: Plan, dst: Plan) -> torch.Tensor:
     return idx
 
 
-def weighted(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
-    """``c_k`` times the inverse twiddles of frequency k: ``(groups, 2m, 2 n2)`` in ``p``'s dtype, each product
-    rounded once (padding rows, whose ``inv_twiddle`` rows are zero, take some ``c``). The coefficients ride on this
-    small matrix, not on the ``(rows, T)`` input of :func:`synthesis`."""
-    inv = torch.empty_like(p.inv_twiddle)
-    return torch.mul(p.inv_twiddle, spectrum.index_select(0, p.coef).view(p.groups, 2 * p.m, 1), out=inv)
-
-
-def weighted_pair(spectrum: torch.Tensor, pu: Plan, pv: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weighted(spectrum, pu), weighted(spectrum, pv))``, both in one gather and one product (a training step
-    needs both, the forward's and the backward's; two launches fewer per layer and step). The concatenated twiddles
-    and their per-element coefficient indices are built once per plan pair and kept on ``pu``."""
-    tables = pu.pairs.get(pv)
-    if tables is None:
-        tw = torch.cat([pu.inv_twiddle.flatten(), pv.inv_twiddle.flatten()])
-        coef = torch.cat([p.coef.to(torch.int32).repeat_interleave(2 * p.n2) for p in (pu, pv)])
-        tables = pu.pairs[pv] = (tw, coef)
-    tw, coef = tables
-    out = torch.mul(tw, spectrum.index_select(0, coef), out=torch.empty_like(tw))
-    nu = pu.inv_twiddle.numel()
-    return out[:nu].view_as(pu.inv_twiddle), out[nu:].view_as(pv.inv_twiddle)
+def weights(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
+    """``c_k`` at both rows of frequency k in ``p``'s grouped layout, some ``c`` on padding (whose rows of
+    ``inv_twiddle`` are zero): ``(p.rows,)`` in ``spectrum``'s dtype."""
+    return spectrum.index_select(0, p.coef)
 
 
 def synthesis(
-    z: torch.Tensor, p: Plan, inv: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
+    z: torch.Tensor, p: Plan, w: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
     into_base: bool = False,
 ) -> torch.Tensor:
-    """``base + alpha Re(sum_k c_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped and
-    ``inv`` the weighted inverse twiddles (:func:`weighted`; ``p.inv_twiddle`` itself for ``c = 1``); written into
-    ``base`` (contiguous) itself with ``into_base``."""
+    """``base + alpha Re(sum_k w_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped and
+    weights ``w`` ``(p.rows,)`` (any float dtype: each ``w_k`` times a twiddle is rounded once, to the plan's);
+    written into ``base`` (contiguous) itself with ``into_base``."""
     t = z.shape[1]
     zg = z.view(p.groups, 2 * p.m, t).transpose(1, 2)  # (G, T, 2m), a strided view
+    inv = torch.empty_like(p.inv_twiddle)  # the coefficients ride on the small matrix, not on z
+    torch.mul(p.inv_twiddle, w.view(p.groups, 2 * p.m, 1), out=inv)
     b = z.new_empty(t, p.groups, 2 * p.n2)
     torch.bmm(zg, inv, out=b.transpose(0, 1))  # stage 2, each group's (T, 2 n2) into its columns of b
     b = b.view(t, 2 * p.groups, p.n2)  # (T, 2G, n2): rows (g, R/I), what inv_dft's columns read
@@ -106,17 +91,16 @@ def transform_input(x: torch.Tensor, pv: Plan, n: int, fused: bool = False) -> t
 
 
 def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
-                     fused: bool = False, xk: torch.Tensor | None = None, inv: torch.Tensor | None = None):
+                     fused: bool = False, xk: torch.Tensor | None = None):
     """``(y, xk)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``xk`` (:func:`transform_input`,
-    computed here unless given), all that the backward needs; ``inv``: ``weighted(spectrum, pu)`` if already made.
-    ``fused``: each transform one Triton kernel (:mod:`.factored_triton`; the caller checked ``supports``)."""
+    computed here unless given), all that the backward needs. ``fused``: each transform one Triton kernel
+    (:mod:`.factored_triton`; the caller checked ``supports``)."""
     if xk is None:
         xk = transform_input(x, pv, spectrum.shape[0], fused)
     if fused:
         return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base), xk
     xu = xk.index_select(0, pu.take)  # X in u's grouped layout: (pu.rows, T)
-    inv = weighted(spectrum, pu) if inv is None else inv
-    return synthesis(xu, pu, inv, scale, base, into_base), xk  # (T, d1)
+    return synthesis(xu, pu, weights(spectrum, pu), scale, base, into_base), xk  # (T, d1)
 
 
 def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
@@ -126,13 +110,12 @@ def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None,
     if fused:
         return factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused)[0]
     xu = analysis(x, pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
-    return synthesis(xu, pu, weighted(spectrum, pu), scale, base, into_base)
+    return synthesis(xu, pu, weights(spectrum, pu), scale, base, into_base)
 
 
 def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool,
-                      fused: bool = False, inv: torch.Tensor | None = None):
-    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``; ``inv``:
-    ``weighted(spectrum, pv)`` if the forward made it."""
+                      fused: bool = False):
+    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``."""
     g = g.to(xk.dtype)
     grad_x = grad_c = None
     if fused:
@@ -143,7 +126,7 @@ def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x:
         gu = analysis(g.contiguous(), pu)  # (pu.rows, T)
         if need_x:
             gv = gu.index_select(0, regroup(pu, pv))
-            grad_x = synthesis(gv, pv, weighted(spectrum, pv) if inv is None else inv, scale)
+            grad_x = synthesis(gv, pv, weights(spectrum, pv), scale)
         gk = gu.index_select(0, pu.row) if need_c else None
     if need_c:
         r = summed_products(gk, xk, 1)  # (2n,): over the T rows
@@ -158,17 +141,16 @@ class FactoredSpectralLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, xk, spectrum, pu, pv, scale, base=None, into_base=False, fused=False):  # noqa: D102
-        inv_u, inv_v = (None, None) if fused else weighted_pair(spectrum, pu, pv)
-        y, _ = factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused, xk, inv_u)
-        ctx.save_for_backward(xk, spectrum, inv_v)
+        y, _ = factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused, xk)
+        ctx.save_for_backward(xk, spectrum)
         ctx.plans, ctx.scale, ctx.fused = (pu, pv), scale, fused
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        xk, spectrum, inv_v = ctx.saved_tensors
+        xk, spectrum = ctx.saved_tensors
         need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, need_x, need_c, ctx.fused, inv_v)
+        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, need_x, need_c, ctx.fused)
         grad_base = g if ctx.needs_input_grad[6] else None
         return grad_x, None, grad_c, None, None, None, grad_base, None, None
 

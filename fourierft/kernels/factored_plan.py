@@ -43,7 +43,6 @@ class Plan:
     take: torch.Tensor  # (rows,) int64: ``compact`` with padding reading row 0 (weighted 0), for gathers
     coef: torch.Tensor  # (rows,) int64: the entry k of each grouped row (padding: 0; its inv_twiddle rows are 0)
     moves: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)  # regroup's
-    pairs: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)  # weighted's
 
     @property
     def rows(self) -> int:

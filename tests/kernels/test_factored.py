@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fourierft.kernels import factored_plan
-from fourierft.kernels.factored import analysis, make_plan, regroup, synthesis, weighted, weighted_pair
+from fourierft.kernels.factored import analysis, make_plan, regroup, synthesis
 
 
 def dft_sums(f: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +55,9 @@ def test_analysis_and_synthesis_match_the_sums(case, half, forced_split):
 
     z = torch.randn(2 * n, 3, dtype=torch.float64)
     zg = torch.zeros(p.rows, 3, dtype=torch.float64).index_put_((p.row,), z)
+    w = torch.zeros(p.rows, dtype=torch.float64).index_put_((p.row,), torch.full((2 * n,), 2.0, dtype=torch.float64))
     base = torch.randn(3, d, dtype=torch.float64)
-    y = synthesis(zg, p, weighted(torch.full((n,), 2.0, dtype=torch.float64), p), 0.5, base)
+    y = synthesis(zg, p, w, 0.5, base)
     want = base + 0.5 * 2.0 * (z[:n].T @ cos - z[n:].T @ sin)  # Re sum_k Z_k e^{+2 pi i f_k i / d}
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
@@ -73,24 +74,8 @@ def test_padding_rows_are_zero_and_ignored(monkeypatch):
     # synthesis ignores whatever sits in padding rows (their weights are 0)
     junk = torch.zeros(p.rows, 2, dtype=torch.float64)
     junk[pad] = 1e6
-    assert synthesis(junk, p, weighted(torch.ones(f.numel(), dtype=torch.float64), p), 1.0).abs().max() == 0
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_weighted_pair_is_each_plans_weighted_twiddles(dtype):
-    fu, fv = torch.tensor([3, 7, 7, 0, 11]), torch.tensor([5, 1, 9, 2, 4])
-    pu, pv = make_plan(fu, 12, dtype), make_plan(fv, 10, dtype)
-    c = torch.randn(5)
-    inv_u, inv_v = weighted_pair(c, pu, pv)
-    assert torch.equal(inv_u, weighted(c, pu)) and torch.equal(inv_v, weighted(c, pv))  # to the bit
-    # c_k on every slot of frequency k: row r of the grouped layout carries c[coef[r]] times its twiddles
-    want = pu.inv_twiddle.double() * c.double()[pu.coef].view(pu.groups, 2 * pu.m, 1)
-    exact = dtype == torch.float64
-    torch.testing.assert_close(inv_u.double(), want, rtol=0 if exact else 2 ** -8, atol=0 if exact else 1e-6)
-    tables = pu.pairs[pv]
-    again = weighted_pair(c * 2, pu, pv)[0]
-    assert pu.pairs[pv] is tables and again.data_ptr() != inv_u.data_ptr()  # the tables are kept, not the results
-    assert torch.equal(again, weighted(c * 2, pu))
+    w = torch.zeros(p.rows, dtype=torch.float64).index_put_((p.row,), torch.ones(2 * f.numel(), dtype=torch.float64))
+    assert synthesis(junk, p, w, 1.0).abs().max() == 0
 
 
 def test_regroup_moves_each_frequency_to_its_rows():
