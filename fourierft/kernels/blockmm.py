@@ -27,7 +27,7 @@ except ImportError:  # CPU installs: reference() runs
 DTYPES = (torch.float16, torch.bfloat16)
 MAX_DIM = 128  # M and K up to this (padded to a power of two) fit one program's registers; larger take reference()
 # Measured on an H200 (bench/blockmm.py and a sweep of the settings below, 2026-12-01): at 4096 = 64 x 64 the kernel
-# takes 0.71x cuBLAS' time for analysis and 0.43x for synthesis' last stage (which also reads the frozen output);
+# takes 0.82x cuBLAS' time for analysis and 0.43x for synthesis' last stage (which also reads the frozen output);
 # at 11008 = 32 x 344, 0.83x for synthesis but 1.4x for analysis. So rows wider than MAX_N columns are served only
 # when a ``base`` is read.
 MAX_N = 128
@@ -59,7 +59,7 @@ def blockmm(l: torch.Tensor, r: torch.Tensor, alpha: float = 1.0, base: torch.Te
     """``out[t] = alpha L @ R[t] (+ base[t])``: ``L`` ``(M, K)``, ``R`` ``(T, K, N)`` (any strides), ``base`` and the
     result ``(T, M, N)``; written into ``out`` (which may be ``base`` itself) when given. The Triton kernel where
     :func:`supports` says so, else :func:`reference`."""
-    if torch.compiler.is_compiling() or not supports(l, r, base):
+    if torch.compiler.is_compiling() or not supports(l, r, base) or r.shape[0] == 0:  # no tokens: no launch
         return reference(l, r, alpha, base, out)
     if out is None:
         out = r.new_empty(r.shape[0], l.shape[0], r.shape[2])

@@ -45,3 +45,21 @@ def test_distributed_compare_records_differences_against_the_first_run(tmp_path,
                       "loss_every_5th_step": "10.000 10.000"}
     assert half["max_rel_loss_diff_vs_1gpu"] is None and half["dw_rel_diff"] is None  # another batch: not compared
     assert ddp["max_rel_loss_diff_vs_1gpu"] == 1e-4 and ddp["dw_rel_diff"] == 1e-2
+
+
+def test_host_cost_writes_one_row_per_variant_and_mode(tmp_path, monkeypatch, capsys):
+    from bench import host_cost
+
+    out = tmp_path / "host_cost.json"
+    argv = ["host_cost.py", "--shape", "24x16", "--n", "10", "--tokens", "2", "--calls", "2", "--repeats", "1",
+            "--variants", "floor,peft-lora,ours-factored", "--results", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    host_cost.main()
+    assert "| ours-factored |" in capsys.readouterr().out
+    rows = results.load_results(out)["rows"]
+    assert [(r["mode"], r["variant"]) for r in rows] == [
+        (m, v) for m in ("train", "infer") for v in ("floor", "peft-lora", "ours-factored")]
+    for r in rows:
+        assert r["us_per_call"] > 0 and r["shape"] == "24x16" and r["tokens"] == 2
+        floor = next(f for f in rows if f["mode"] == r["mode"] and f["variant"] == "floor")
+        assert r["x_floor"] == r["us_per_call"] / floor["us_per_call"]

@@ -88,3 +88,10 @@ def test_what_the_kernel_serves():
     # whatever serves it, the result is the product
     torch.testing.assert_close(bm.blockmm(l, r), torch.einsum("mk,tkn->tmn", l.float(), r.float()).bfloat16(),
                                atol=0.1, rtol=2e-2)
+
+
+def test_no_tokens_give_an_empty_result(kernel):
+    l = torch.randn(64, 64, dtype=torch.bfloat16, device=DEV)
+    r = torch.randn(0, 64, 64, dtype=torch.bfloat16, device=DEV)
+    assert bm.blockmm(l, r).shape == (0, 64, 64)
+    assert bm.blockmm(l, r, 2.0, torch.empty(0, 64, 64, dtype=torch.bfloat16, device=DEV)).shape == (0, 64, 64)
