@@ -152,7 +152,7 @@ if triton is not None:
             gp = g0 + p // 2
             c = tl.load(idft_ptr + i1[:, None] * (2 * NG) + (2 * g0 + p)[None, :],
                         mask=i1_ok[:, None] & (gp < NG)[None, :], other=0.0)  # (BN1, 2G): the plan's inv_dft
-            acc = tl.dot(c, b, acc)  # stage 1: y[i1, (t, i2)] += inv_dft[i1, (R/I, g)] B[(g, R/I), (t, i2)]
+            acc = tl.dot(c, b, acc)  # stage 1: y[i1, (t, i2)] += inv_dft[i1, (g, R/I)] B[(g, R/I), (t, i2)]
         acc = tl.reshape(acc, (BN1, BT, BI)) * alpha
         col = i1[:, None, None] * N2 + i2[None, None, :]
         ym = i1_ok[:, None, None] & t_ok[None, :, None] & i2_ok[None, None, :]
