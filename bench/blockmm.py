@@ -71,8 +71,9 @@ def main() -> None:
                 moved = (r.numel() + got.numel() * (2 if base is not None else 1)) * r.element_size()
                 t, k, n = r.shape
                 shape = f"{l.shape[0]} x {k} x {n}"
-                print(f"| {name} {str(dtype)[6:]} | {shape} | {ms_ref:.4f} | {ms_tri:.4f} | {moved / ms_ref / 1e9:.2f} | "
-                      f"{moved / ms_tri / 1e9:.2f} | {err:.1e} |", flush=True)
+                bw_ref, bw_tri = moved / ms_ref / 1e9, moved / ms_tri / 1e9
+                print(f"| {name} {str(dtype)[6:]} | {shape} | {ms_ref:.4f} | {ms_tri:.4f} | {bw_ref:.2f} | {bw_tri:.2f} "
+                      f"| {err:.1e} |", flush=True)
                 rows.append({"product": name, "dtype": str(dtype).removeprefix("torch."), "tokens": a.tokens,
                              "n": a.n, "shape": shape, "cublas_ms": ms_ref, "triton_ms": ms_tri,
                              "cublas_over_triton": ms_ref / ms_tri, "bytes": moved, "triton_rel_err": err})

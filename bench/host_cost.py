@@ -116,7 +116,8 @@ def main() -> None:
         for variant, us in times.items():
             xf = us / floor if floor else None
             xl = us / lora if lora else None
-            print(f"| {variant} | {us:.1f} | {xf:.2f} | {xl:.2f} |" if xf and xl else f"| {variant} | {us:.1f} | - | - |")
+            ratios = f"{xf:.2f} | {xl:.2f}" if xf and xl else "- | -"
+            print(f"| {variant} | {us:.1f} | {ratios} |")
             rows.append({"mode": mode, "shape": a.shape, "tokens": a.tokens, "n": a.n, "variant": variant,
                          "us_per_call": us, "x_floor": xf, "x_lora": xl})
     path = write_results("host_cost", rows, out=a.results,

@@ -8,7 +8,8 @@ written once, so the product is bound by memory, not flops.
 cuBLAS runs it as a strided batched GEMM of ``T`` tiny matrices (one per token): at LLaMA-7B's 4096 = 64 x 64 split
 that reaches 30-37% of an H200's memory bandwidth (bench/blockmm.py). The Triton kernel here reads ``L`` once per
 program and treats ``BT`` tokens' blocks as the columns of one product, ``L @ [R[t0] .. R[t0 + BT)]``, so each
-program streams whole rows of ``R`` and of the result. CPU tensors, float32/float64 and machines without Triton take :func:`reference` (``torch.baddbmm``).
+program streams whole rows of ``R`` and of the result. CPU tensors, float32/float64 and machines without Triton
+take :func:`reference` (``torch.baddbmm``).
 
 As in cuBLAS: operands in the input dtype, an fp32 accumulator, ``alpha`` and ``base`` applied to it in fp32, one
 rounding to the output dtype.
