@@ -117,14 +117,24 @@ def run(args: argparse.Namespace) -> int:
     warning = lr_warning(args, lr)  # after the input checks, so a bad-input error stays the only stderr line
     if warning and main:
         print(warning, file=sys.stderr, flush=True)
+    owns_group = not _process_group_initialized()  # torchrun's processes: the Trainer starts the group
     try:
-        return _train(args, ref, config, splits, task, classes, lr, head_lr, final, partial, main, started)
+        code = _train(args, ref, config, splits, task, classes, lr, head_lr, final, partial, main, started)
     except BaseException:
         if main and not args.resume and not any((partial / "checkpoints").glob("checkpoint-*")):
             shutil.rmtree(partial, ignore_errors=True)  # nothing to resume from: leave nothing behind
         elif main and partial.exists():
             print("fourierft train: stopped; continue with the same arguments and --resume", file=sys.stderr)
         raise
+    # Close the group this run started, on success only (a rank that failed must not wait on its peers). Left to
+    # interpreter shutdown, gloo's worker threads can abort the process after the work is done (pytorch#190489).
+    if owns_group and _process_group_initialized():
+        torch.distributed.destroy_process_group()
+    return code
+
+
+def _process_group_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _train(args: argparse.Namespace, ref: ModelRef, config: Any, splits: Splits, task: str,

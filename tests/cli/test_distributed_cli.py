@@ -19,15 +19,18 @@ from clitools import REPO, ok
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def test_train_under_torchrun_two_processes(tiny_bert, toy_csv, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "fourierft", "train", "--model", str(tiny_bert), "--data", str(toy_csv), "--n-frequency", "64",
          "--epochs", "1", "--batch-size", "8", "--no-plots", "--out", str(out)],
-        env=env, capture_output=True, text=True,
+        env=_env(), capture_output=True, text=True,
     )
     ok(proc)
     assert "x 2 devices" in proc.stdout  # the run reports what it ran: 2 data-parallel processes
@@ -52,3 +55,31 @@ def test_train_under_torchrun_two_processes(tiny_bert, toy_csv, tmp_path):
     model = fourierft.PeftModel.from_pretrained(base, folder)
     spectra = [p for n, p in model.named_parameters() if ".fourierft_spectrum." in n]
     assert len(spectra) == 4 and all(s.numel() == 64 for s in spectra)
+
+
+# Each torchrun process runs this: `fourierft train` in-process, then reports whether a process group is left.
+# A group left to interpreter shutdown lets gloo's worker threads abort a finished run (pytorch/pytorch#190489).
+_AFTER_TRAIN = """
+import sys, torch.distributed as dist
+from fourierft.cli import main
+if sys.argv[1] == "caller":
+    dist.init_process_group("gloo")
+code = main(sys.argv[2:])
+print("code", code, "group left", dist.is_initialized())
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("who, left", [("trainer", False), ("caller", True)])
+def test_train_closes_the_process_group_it_started_and_only_that(tiny_bert, toy_csv, tmp_path, who, left):
+    script = tmp_path / "after_train.py"
+    script.write_text(_AFTER_TRAIN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), who,
+         "train", "--model", str(tiny_bert), "--data", str(toy_csv), "--n-frequency", "16", "--epochs", "1",
+         "--batch-size", "16", "--no-plots", "--out", str(tmp_path / "run")],
+        env=_env(), capture_output=True, text=True,
+    )
+    ok(proc)
+    assert proc.stdout.count(f"code 0 group left {left}") == 2, proc.stdout[-2000:]
