@@ -8,7 +8,8 @@ wrapped as each variant (``bench/common.py``'s names: ``floor``, ``peft-lora``, 
 ``ours-<path>``) through the same model API a user calls (``get_peft_model``, the model's ``forward``), fed a few
 tokens, and called ``--calls`` times back to back with one synchronisation at the end: with so little work per call
 the device waits on the host, so the time per call is the host's. ``train``: forward + backward (input and adapter
-gradients); ``infer``: forward under ``inference_mode``. Rows go to ``bench/results/host_cost-<UTC>.json``.
+gradients); ``infer``: forward under ``inference_mode``. ``ops/call`` counts the operators a call dispatches that
+do work (on a GPU, its launches). Rows go to ``bench/results/host_cost-<UTC>.json``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,34 @@ def per_call_us(model: nn.Module, x: torch.Tensor, mode: str, calls: int, repeat
     return statistics.median(times)
 
 
+_NO_LAUNCH = ("empty", "empty_like", "new_empty", "empty_strided", "_unsafe_view", "detach", "lift_fresh")
+
+
+def ops_per_call(model: nn.Module, x: torch.Tensor, mode: str) -> int:
+    """Operators one call dispatches that do work (views and allocations left out): on a GPU each is a launch.
+    Counted on the call's own thread and autograd's (the dispatch mode follows the backward there), with no
+    gradients held before the call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view and func.overloadpacket.__name__ not in _NO_LAUNCH:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    x.grad = None  # as after an optimiser's zero_grad: the step's first gradients are stored, not added
+    model.zero_grad(set_to_none=True)
+    with Count():
+        if mode == "infer":
+            with torch.inference_mode():
+                model(inputs_embeds=x)
+        else:
+            model(inputs_embeds=x).sum().backward()
+    return Count.n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="4096x4096", help="out x in of the linear layer")
@@ -103,23 +132,24 @@ def main() -> None:
     d_out, d_in = (int(s) for s in a.shape.split("x"))
     rows = []
     for mode in a.modes.split(","):
-        times = {}
+        times, ops = {}, {}
         for variant in a.variants.split(","):
             model = build(variant, d_out, d_in, a.n, device, dtype)
             model.train(mode == "train")
             x = torch.randn(1, a.tokens, d_in, device=device, dtype=dtype, requires_grad=mode == "train")
             times[variant] = per_call_us(model, x, mode, a.calls, a.repeats)
+            ops[variant] = ops_per_call(model, x, mode)
             del model
         floor, lora = times.get("floor"), times.get("peft-lora")
         print(f"### host cost per layer call, {mode}, {a.shape}, {a.tokens} tokens, {device}")
-        print("| variant | us/call | x floor | x LoRA |\n|---|---|---|---|")
+        print("| variant | us/call | x floor | x LoRA | ops/call |\n|---|---|---|---|---|")
         for variant, us in times.items():
             xf = us / floor if floor else None
             xl = us / lora if lora else None
             ratios = f"{xf:.2f} | {xl:.2f}" if xf and xl else "- | -"
-            print(f"| {variant} | {us:.1f} | {ratios} |")
+            print(f"| {variant} | {us:.1f} | {ratios} | {ops[variant]} |")
             rows.append({"mode": mode, "shape": a.shape, "tokens": a.tokens, "n": a.n, "variant": variant,
-                         "us_per_call": us, "x_floor": xf, "x_lora": xl})
+                         "us_per_call": us, "x_floor": xf, "x_lora": xl, "ops_per_call": ops[variant]})
     path = write_results("host_cost", rows, out=a.results,
                          note=f"per-call time of one adapted linear layer, {a.calls} calls back to back per repeat, "
                               f"median of {a.repeats}")

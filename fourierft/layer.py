@@ -23,10 +23,11 @@ import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from torch.nn.modules import module as _module
 
 from .config import n_frequency_for, norm_factor
 from .entries import spectral_entries
-from .kernels import spectral_linear
+from .kernels import adapted_linear, spectral_linear
 from .layers_extra import check_extra, conv2d_delta, embedding_delta, matrix_shape
 from .kernels.mixed import MIXED_PATHS
 from .mixed import BASE, expand_names, row_groups, shared_entries_delta, shared_entry_groups
@@ -274,6 +275,21 @@ class Linear(FourierFTLayer):
     def _as_weight(self, dw: torch.Tensor) -> torch.Tensor:
         return dw.T if self.fan_in_fan_out else dw
 
+    def forward(self, x: torch.Tensor, *args, adapter_names: list[str] | None = None, **kwargs) -> torch.Tensor:
+        """As :meth:`FourierFTLayer.forward`; a plain frozen ``nn.Linear`` base runs inside the first active
+        adapter's kernel call (:func:`fourierft.kernels.adapted_linear`: its input gradient is added there, not by
+        autograd afterwards)."""
+        names = [] if self.disable_adapters or self.merged or adapter_names is not None or args or kwargs else [
+            name for name in self.active_adapters if name in self.fourierft_spectrum]
+        base = self.get_base_layer()
+        if not names or not _runs_as_plain_linear(base):
+            return super().forward(x, *args, adapter_names=adapter_names, **kwargs)
+        result = adapted_linear(x, base.weight, base.bias, *self._operands(names[0]), self.out_features,
+                                self.in_features, self.scaling(names[0]), path=self.compute_path)
+        for name in names[1:]:
+            result = self.add_adapter_output(name, x, result)
+        return result
+
     def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """``x @ dW.T``: ``(..., in_features) -> (..., out_features)`` in ``x.dtype``."""
         return spectral_linear(x, *self._operands(adapter), self.out_features, self.in_features,
@@ -329,6 +345,21 @@ class Embedding(FourierFTLayer):
         rows, cols = self.entries(adapter)
         return embedding_delta(self.fourierft_spectrum[adapter], rows, cols, self.out_features, self.in_features,
                                self.scaling(adapter), x)
+
+
+def _runs_as_plain_linear(base: nn.Module) -> bool:
+    """Whether calling ``base`` is exactly ``F.linear(x, base.weight, base.bias)`` with nothing else observing or
+    changing it, so the adapter may run that itself: an ``nn.Linear`` (not a subclass: quantized linears) with
+    plain, frozen parameters (not a tensor subclass: DTensor, torchao) and no hooks of its own or global ones (the
+    checks ``nn.Module.__call__`` makes; DeepSpeed ZeRO-3 gathers weights in hooks) and no forward of its own
+    (accelerate's offload replaces it)."""
+    if type(base) is not nn.Linear or "forward" in vars(base):
+        return False
+    params = [p for p in (base.weight, base.bias) if p is not None]
+    hooks = (base._forward_hooks, base._forward_pre_hooks, base._backward_hooks, base._backward_pre_hooks,
+             _module._global_forward_hooks, _module._global_forward_pre_hooks, _module._global_backward_hooks,
+             _module._global_backward_pre_hooks)
+    return all(type(p) is nn.Parameter and not p.requires_grad for p in params) and not any(hooks)
 
 
 def n_frequency_of(config, key: str, base: nn.Module, layer_cls: type[FourierFTLayer]) -> int:

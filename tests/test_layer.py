@@ -244,3 +244,75 @@ def test_ifft2_norm_reaches_every_layer_type(kind, norm):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     torch.testing.assert_close(layer.get_delta_weight("default").double(), dw, rtol=1e-5,
                                atol=1e-6 * dw.abs().max().item())
+
+
+class _SubLinear(nn.Linear):
+    pass
+
+
+def _run_apart(how: str, layer) -> nn.Module:
+    """Give ``layer``'s base one of the properties that must make it run as itself; returns the base layer."""
+    base = layer.get_base_layer()
+    if how == "forward hook":
+        base.register_forward_hook(lambda *a: None)
+    elif how == "forward pre-hook":
+        base.register_forward_pre_hook(lambda *a: None)
+    elif how == "backward hook":
+        base.register_full_backward_hook(lambda *a: None)
+    elif how == "instance forward":  # what accelerate's add_hook_to_module does: its own forward on the instance
+        old = base.forward
+        base.forward = lambda x: old(x)
+    elif how == "trainable weight":
+        base.weight.requires_grad_(True)
+    elif how == "subclass":
+        sub = _SubLinear(12, 7).requires_grad_(False)
+        sub.load_state_dict(base.state_dict())
+        layer.base_layer = base = sub
+    return base
+
+
+APART = ["forward hook", "forward pre-hook", "backward hook", "instance forward", "subclass", "trainable weight"]
+
+
+@pytest.mark.parametrize("how", ["plain", *APART])
+def test_a_plain_frozen_linear_runs_inside_the_adapter_and_any_other_apart(how, monkeypatch):
+    """The layer's output and gradients are the same whether the adapter runs the frozen ``nn.Linear`` itself
+    (a plain frozen one nothing observes) or calls it; any hook, forward of its own, subclass or trainable
+    weight makes it call the base layer, which then sees every call."""
+    from fourierft.layer import _runs_as_plain_linear
+
+    model, layer = _model("linear")
+    layer.set_compute_path("lowrank")
+    calls = []  # the frozen layer's own forward, counted
+    linear_forward = nn.Linear.forward
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: calls.append(1) or linear_forward(self, x))
+    base = _run_apart(how, layer)
+    assert _runs_as_plain_linear(base) == (how == "plain")
+    x = _input("linear").requires_grad_()
+    y = model(x)
+    y.backward(torch.ones_like(y))
+    assert calls == ([] if how == "plain" else [1])
+    d1, d2 = SHAPES["linear"]
+    dw = _reference_dw(layer, "linear")
+    xd = x.detach().double()
+    want = xd @ base.weight.detach().double().T + base.bias.detach().double() + xd @ dw.T
+    assert torch.allclose(y.double(), want, atol=1e-5)
+    assert torch.allclose(x.grad.double(), torch.ones(2, 4, d1, dtype=torch.float64) @ (
+        base.weight.detach().double() + dw), atol=1e-5)
+    spectrum = layer.fourierft_spectrum["default"]
+    assert spectrum.grad is not None and (base.weight.grad is not None) == (how == "trainable weight")
+
+
+def test_a_global_module_hook_makes_the_frozen_layer_run_as_itself():
+    from fourierft.layer import _runs_as_plain_linear
+
+    model, layer = _model("linear")
+    base = layer.get_base_layer()
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(m))
+    try:
+        assert not _runs_as_plain_linear(base)
+        model(_input("linear"))
+    finally:
+        handle.remove()
+    assert base in seen and _runs_as_plain_linear(base)

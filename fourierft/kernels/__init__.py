@@ -47,6 +47,7 @@ from .gemm import delta_weight_cached
 from .mixed import spectral_linear_mixed
 from .paths import CUDA_ONLY
 from .paths import FUSED as _FUSED
+from .paths import FROZEN as _FROZEN
 from .paths import IMPLS as _IMPLS
 from .opaque import OPAQUE, opaque_linear
 
@@ -128,18 +129,37 @@ def adapted_linear(
     scaling: float,
     path: Path = "auto",
 ) -> torch.Tensor:
-    """The adapted layer's output ``x @ W.T (+ bias) + x @ dW.T``: ``x`` ``(..., in_features)``, ``weight``
-    ``(out_features, in_features)`` (``nn.Linear``'s layout), result ``(..., out_features)`` in the frozen layer's
-    output dtype. The frozen output is handed to :func:`spectral_linear` as ``base``, so the paths that can add it
-    inside their last matmul do."""
+    """The adapted layer's output ``x @ W.T (+ bias) + x @ dW.T``: ``x`` ``(..., in_features)``, frozen ``weight``
+    ``(out_features, in_features)`` (``nn.Linear``'s layout) and ``bias``, result ``(..., out_features)`` in the
+    frozen layer's output dtype.
+
+    Where autograd records and the path has its own autograd function (lowrank, factored, fused), the frozen layer
+    runs inside it: its output is the ``base`` the last matmul adds into, and the backward adds the frozen input
+    gradient ``g @ W`` inside grad_x's last matmul, instead of autograd adding two ``(..., in_features)`` gradients
+    afterwards (one pass over them and one launch fewer per call). Elsewhere (other paths, inference, autocast,
+    ``torch.compile``, a weight in another dtype or one that trains) the frozen output is computed first and handed
+    to :func:`spectral_linear` as ``base``."""
+    if path not in _IMPLS and path != "auto":
+        raise ValueError(f"unknown FourierFT kernel path {path!r}; allowed: {', '.join(PATHS)}")
+    dev = x.device.type
+    inside = (not weight.requires_grad and weight.dtype == x.dtype
+              and (bias is None or (not bias.requires_grad and bias.dtype == x.dtype))
+              and not (dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev))
+              and not torch.compiler.is_compiling())
+    if inside:
+        return _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, None, False, (weight, bias))
     return spectral_linear(x, spectrum, rows, cols, out_features, in_features, scaling, path,
                            base=torch.nn.functional.linear(x, weight, bias), consume_base=True)
 
 
-def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base, consume_base):
+def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base, consume_base, frozen=None):
+    training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
     if path == "auto":
-        training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
         path = resolve_path(x, spectrum, rows, cols, out_features, in_features, scaling, training)
+    if frozen is not None:
+        if training and path in _FROZEN:
+            return _FUSED[path](x, spectrum, rows, cols, out_features, in_features, scaling, frozen=frozen)
+        base, consume_base = torch.nn.functional.linear(x, *frozen), True
     fusable = base is not None and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]
     if path in OPAQUE and torch.compiler.is_compiling():  # one custom-op node: its caches, nothing rebuilt in-graph
         y = opaque_linear(path, x, spectrum, rows, cols, out_features, in_features, scaling, base if fusable else None)

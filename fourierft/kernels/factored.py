@@ -114,19 +114,21 @@ def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None,
 
 
 def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool,
-                      fused: bool = False):
-    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``."""
-    g = g.to(xk.dtype)
+                      fused: bool = False, weight: torch.Tensor | None = None):
+    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``; with the frozen
+    ``weight`` ``(d1, d2)``, grad_x includes the frozen layer's ``g @ W`` (added inside the last stage)."""
+    g = g.to(xk.dtype).contiguous()
     grad_x = grad_c = None
+    base = g @ weight if need_x and weight is not None else None  # (T, d2), a fresh tensor to add into
     if fused:
         gk = factored_triton.analysis(g, pu, spectrum.shape[0])  # (2n, T)
         if need_x:
-            grad_x = factored_triton.synthesis(gk, pv, spectrum, scale)
+            grad_x = factored_triton.synthesis(gk, pv, spectrum, scale, base, into_base=True)
     else:
-        gu = analysis(g.contiguous(), pu)  # (pu.rows, T)
+        gu = analysis(g, pu)  # (pu.rows, T)
         if need_x:
             gv = gu.index_select(0, regroup(pu, pv))
-            grad_x = synthesis(gv, pv, weights(spectrum, pv), scale)
+            grad_x = synthesis(gv, pv, weights(spectrum, pv), scale, base, into_base=True)
         gk = gu.index_select(0, pu.row) if need_c else None
     if need_c:
         r = summed_products(gk, xk, 1)  # (2n,): over the T rows
@@ -137,22 +139,28 @@ def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x:
 
 class FactoredSpectralLinear(torch.autograd.Function):
     """``y = base + x @ dW.T`` through the factored DFT. ``x``: ``(T, d2)`` (its gradient's way in; its values are
-    read once, into ``xk`` ``(2n, T)``, :func:`transform_input`); plans for (u, d1) and (v, d2)."""
+    read once, into ``xk`` ``(2n, T)``, :func:`transform_input`); plans for (u, d1) and (v, d2). With the frozen
+    ``weight`` ``(d1, d2)`` (and ``bias``) instead of ``base``, ``y = x @ (W + dW).T + bias``, the frozen layer run
+    here."""
 
     @staticmethod
-    def forward(ctx, x, xk, spectrum, pu, pv, scale, base=None, into_base=False, fused=False):  # noqa: D102
+    def forward(ctx, x, xk, spectrum, pu, pv, scale, base=None, into_base=False, fused=False, weight=None,
+                bias=None):  # noqa: D102
+        if weight is not None:
+            base, into_base = torch.nn.functional.linear(x, weight, bias), True
         y, _ = factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused, xk)
-        ctx.save_for_backward(xk, spectrum)
+        ctx.save_for_backward(xk, spectrum, weight)
         ctx.plans, ctx.scale, ctx.fused = (pu, pv), scale, fused
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        xk, spectrum = ctx.saved_tensors
+        xk, spectrum, weight = ctx.saved_tensors
         need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, need_x, need_c, ctx.fused)
+        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, need_x, need_c, ctx.fused,
+                                           weight)
         grad_base = g if ctx.needs_input_grad[6] else None
-        return grad_x, None, grad_c, None, None, None, grad_base, None, None
+        return grad_x, None, grad_c, None, None, None, grad_base, None, None, None, None
 
 
 def factored_linear(
@@ -166,10 +174,12 @@ def factored_linear(
     base: torch.Tensor | None = None,
     into_base: bool = False,
     fused: bool = False,
+    frozen: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """``x @ dW.T`` (plus ``base`` ``(..., d1)`` in ``x``'s dtype, fused into the last matmul; written into ``base``
     itself with ``into_base``) for ``x`` of shape ``(..., in_features)``; computed and returned in ``x.dtype``.
-    ``fused``: each transform one Triton kernel (CUDA, fp16/bf16; a clear error elsewhere)."""
+    ``fused``: each transform one Triton kernel (CUDA, fp16/bf16; a clear error elsewhere). ``frozen``: ``(W, bias)``
+    of the frozen layer in ``x``'s dtype, run here instead of a ``base``."""
     pu = plan(rows, out_features, x.dtype, half=not fused)  # the kernels keep one group per f1 (see fits)
     pv = plan(cols, in_features, x.dtype, half=not fused)
     if fused:
@@ -178,14 +188,19 @@ def factored_linear(
     x2 = x.reshape(-1, in_features)
     b2 = None if base is None else base.reshape(-1, out_features)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
+        if frozen is not None:
+            b2, into_base = torch.nn.functional.linear(x2, *frozen), True
         y = factored_inference(x2.contiguous(), spectrum, pu, pv, scale, b2, into_base, fused)
     else:
         # the layer before with the same input and column entries (q, k, v) already transformed it: see _reuse
         xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], fused))
-        y = FactoredSpectralLinear.apply(x2, xk, spectrum, pu, pv, scale, b2, into_base, fused)
+        y = FactoredSpectralLinear.apply(x2, xk, spectrum, pu, pv, scale, b2, into_base, fused,
+                                         *(frozen or (None, None)))
     return y.reshape(*x.shape[:-1], out_features)
 
 
-def fused_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base=None, into_base=False):
+def fused_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base=None, into_base=False,
+                 frozen=None):
     """The ``fused`` path: :func:`factored_linear` with each transform one Triton kernel."""
-    return factored_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base, into_base, fused=True)
+    return factored_linear(x, spectrum, rows, cols, out_features, in_features, scaling, base, into_base, fused=True,
+                           frozen=frozen)

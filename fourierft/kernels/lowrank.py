@@ -9,6 +9,9 @@ With ``Bu = [cos(2 pi j u_k / d1) | sin(...)]`` of shape ``(d1, 2n)``, ``Bv`` li
     backward  P = g @ Bu            (T, 2n);  grad_x = (P * w) @ Bv^T     (T, d2)
               grad_c = scaling / (d1 d2) * (sum_t P Q)[:n] - (sum_t P Q)[n:]
 
+Given the frozen layer itself (``frozen = (W, bias)``, see :func:`fourierft.kernels.adapted_linear`), the function
+computes ``base = x W^T + bias`` and its backward adds the frozen input gradient ``g @ W`` inside grad_x's GEMM.
+
 Cost per row: 4 n (d1 + d2) flops forward, the same backward, against 2 d1 d2 for a dense layer; it runs at
 matmul speed in the input dtype (bf16/fp16 on GPU, fp32 accumulation inside the matmul; ``scale`` is applied as
 the GEMM's alpha, see ``_mm.py``). Only ``Q`` is saved for backward (``x`` is not needed). The bases depend on the
@@ -38,13 +41,15 @@ def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: boo
     return scaled_mm(q * _coeffs(spectrum, q.dtype), bu.T, scale, base, into_base), q
 
 
-def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c: bool):
-    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``."""
+def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c: bool, weight=None):
+    """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``; with the frozen
+    ``weight`` ``(d1, d2)``, grad_x includes the frozen layer's ``g @ W``."""
     n = spectrum.shape[0]
     p = g.to(q.dtype) @ bu  # (T, 2n)
     grad_x = grad_c = None
     if need_x:
-        grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, scale)  # (T, d2)
+        base = None if weight is None else g @ weight  # (T, d2), a fresh tensor the GEMM adds into
+        grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, scale, base, into_base=True)  # (T, d2)
     if need_c:
         r = summed_products(p, q, 0)  # (2n,): over the T rows
         grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)
@@ -53,22 +58,25 @@ def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c:
 
 class LowRankSpectralLinear(torch.autograd.Function):
     """``y = x @ dW.T`` through the cos/sin factorisation. ``x``: ``(T, d2)`` in the compute dtype (its gradient's
-    way in; its values are read once, into ``q = x @ Bv``)."""
+    way in; its values are read once, into ``q = x @ Bv``). With the frozen ``weight`` ``(d1, d2)`` (and ``bias``)
+    instead of ``base``, ``y = x @ (W + dW).T + bias``, the frozen layer run here."""
 
     @staticmethod
-    def forward(ctx, x, q, spectrum, bu, bv, scale, base=None, into_base=False):  # noqa: D102 (shapes: docstring)
+    def forward(ctx, x, q, spectrum, bu, bv, scale, base=None, into_base=False, weight=None, bias=None):  # noqa: D102
+        if weight is not None:
+            base, into_base = torch.nn.functional.linear(x, weight, bias), True
         y, _ = lowrank_forward(x, spectrum, bu, bv, scale, base, into_base, q)
-        ctx.save_for_backward(q, spectrum, bu, bv)
+        ctx.save_for_backward(q, spectrum, bu, bv, weight)
         ctx.scale = scale
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        q, spectrum, bu, bv = ctx.saved_tensors
+        q, spectrum, bu, bv, weight = ctx.saved_tensors
         need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, need_x, need_c)
+        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, need_x, need_c, weight)
         grad_base = g if ctx.needs_input_grad[6] else None
-        return grad_x, None, grad_c, None, None, None, grad_base, None
+        return grad_x, None, grad_c, None, None, None, grad_base, None, None, None
 
 
 def lowrank_linear(
@@ -81,10 +89,11 @@ def lowrank_linear(
     scaling: float,
     base: torch.Tensor | None = None,
     into_base: bool = False,
+    frozen: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """``x @ dW.T`` (plus ``base``, fused into the last GEMM, when given with ``x``'s dtype and shape ``(..., d1)``;
     written into ``base`` itself with ``into_base``) for ``x`` of shape ``(..., in_features)``; computed and returned
-    in ``x.dtype``."""
+    in ``x.dtype``. ``frozen``: ``(W, bias)`` of the frozen layer in ``x``'s dtype, run here instead of a ``base``."""
     dtype = x.dtype
     bu = basis(rows, out_features, dtype)  # (d1, 2n)
     bv = basis(cols, in_features, dtype)  # (d2, 2n)
@@ -92,5 +101,5 @@ def lowrank_linear(
     x2 = x.reshape(-1, in_features)
     q = reuse(x, bv, lambda: x2 @ bv)  # shared with the layer before on the same input and entries: see _reuse
     b2 = None if base is None else base.reshape(-1, out_features)
-    y = LowRankSpectralLinear.apply(x2, q, spectrum, bu, bv, scale, b2, into_base)
+    y = LowRankSpectralLinear.apply(x2, q, spectrum, bu, bv, scale, b2, into_base, *(frozen or (None, None)))
     return y.reshape(*x.shape[:-1], out_features)

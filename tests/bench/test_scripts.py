@@ -63,3 +63,6 @@ def test_host_cost_writes_one_row_per_variant_and_mode(tmp_path, monkeypatch, ca
         assert r["us_per_call"] > 0 and r["shape"] == "24x16" and r["tokens"] == 2
         floor = next(f for f in rows if f["mode"] == r["mode"] and f["variant"] == "floor")
         assert r["x_floor"] == r["us_per_call"] / floor["us_per_call"]
+    # by hand: the frozen layer infers with one matmul; it trains with it, the loss's sum, the seed gradient
+    # (ones) and the input gradient's matmul
+    assert [r["ops_per_call"] for r in rows if r["variant"] == "floor"] == [4, 1]

@@ -207,3 +207,80 @@ def test_adapted_linear(path, grad):
     if grad:
         y.backward(g)
         assert rel(x.grad, rgx + g @ lin.weight) < tol and rel(c.grad, rgc) < max(tol, 1e-6)
+
+
+def _graph(y: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes behind ``y``."""
+    seen, todo, names = set(), [y.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo.extend(f for f, _ in node.next_functions)
+    return names
+
+
+INSIDE = ("lowrank", "factored")  # the CPU's paths whose autograd function runs the frozen layer itself
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_adapted_linear_runs_the_frozen_layer_inside_the_adapter(path, dtype, bias, x_grad):
+    """Training through lowrank/factored: one autograd node for the whole layer (no separate frozen matmul whose
+    input gradient autograd adds afterwards), same values as the frozen layer plus the adapter computed apart."""
+    from fourierft.kernels import adapted_linear
+
+    d1, d2, n = 24, 40, 30
+    rows, cols = make_entries(d1, d2, n)
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(d2, d1, bias=bias).to(dtype).requires_grad_(False)
+    x0, g, c0 = torch.randn(3, 7, d2).to(dtype), torch.randn(3, 7, d1).to(dtype), torch.randn(n)
+    x, c = x0.clone().requires_grad_(x_grad), c0.clone().requires_grad_()
+    y = adapted_linear(x, lin.weight, lin.bias, c, rows, cols, d1, d2, 50.0, path)
+    y.backward(g)
+    names = _graph(y)
+    frozen_nodes = [m for m in names if m.startswith(("Mm", "Addmm", "Linear"))]  # the frozen matmul apart
+    if path in INSIDE:
+        assert frozen_nodes == [], names
+    elif x_grad:
+        assert frozen_nodes, names
+    # apart: the frozen output and its input gradient computed by autograd, the adapter by spectral_linear
+    xa, ca = x0.clone().requires_grad_(x_grad), c0.clone().requires_grad_()
+    ya = lin(xa) + spectral_linear(xa, ca, rows, cols, d1, d2, 50.0, path=path)
+    ya.backward(g)
+    ry, rgx, rgc = reference(x0, g, c0, rows, cols, d1, d2, 50.0)
+    tol = TOL[dtype]
+    base = lin(x0)  # judged on the adapter's part, against float64
+    assert rel(y - base, ry) < 2 * tol and rel(c.grad, rgc) < max(tol, 1e-6)
+    assert rel(y, ya) < tol
+    if x_grad:
+        assert rel(x.grad.double() - (g @ lin.weight).double(), rgx) < 4 * tol
+        assert rel(x.grad, xa.grad) < tol
+    else:
+        assert x.grad is None
+
+
+@pytest.mark.parametrize("path", INSIDE)
+def test_adapted_linear_keeps_the_frozen_layer_apart_where_it_must(path):
+    """A weight that trains gets its gradient (autograd's own frozen matmul); autocast runs the frozen layer as
+    ``F.linear`` does under autocast; inference computes no graph."""
+    from fourierft.kernels import adapted_linear
+
+    d1, d2, n = 12, 16, 10
+    rows, cols = make_entries(d1, d2, n)
+    lin = torch.nn.Linear(d2, d1)
+    x, c = torch.randn(5, d2), torch.randn(n, requires_grad=True)
+    y = adapted_linear(x, lin.weight, lin.bias, c, rows, cols, d1, d2, 5.0, path)
+    y.sum().backward()
+    assert lin.weight.grad is not None and torch.allclose(lin.weight.grad, torch.ones(5, d1).T @ x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = adapted_linear(x, lin.weight.detach(), lin.bias.detach(), c, rows, cols, d1, d2, 5.0, path)
+        assert ya.dtype == torch.bfloat16 and torch.equal(
+            ya, spectral_linear(x, c, rows, cols, d1, d2, 5.0, path=path, base=lin(x)))
+    with torch.inference_mode():
+        yi = adapted_linear(x, lin.weight, lin.bias, c, rows, cols, d1, d2, 5.0, path)
+    assert yi.grad_fn is None and rel(yi, y) < 1e-6
