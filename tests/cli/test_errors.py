@@ -49,8 +49,12 @@ def fails(proc, *needles: str) -> str:
     return lines[0]
 
 
-def train(model: Path, data: Path | str, out: Path, *extra: str):
-    return cli("train", "--model", str(model), "--data", str(data), "--out", str(out), "--epochs", "1", *extra)
+def train_argv(model: Path | str, data: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(model), "--data", str(data), "--out", str(out), "--epochs", "1", *extra]
+
+
+def train(model: Path | str, data: Path | str, out: Path, *extra: str):
+    return cli(*train_argv(model, data, out, *extra))
 
 
 @pytest.mark.parametrize(
@@ -76,17 +80,17 @@ def test_missing_data_file(tiny_bert: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_model(toy_csv: Path, tmp_path: Path) -> None:
-    fails(train("no-such-user/no-such-model-xyz", toy_csv, tmp_path / "out"), "cannot load model")
-    fails(train(tmp_path / "missing-folder", toy_csv, tmp_path / "out"), "no such folder")
+def test_unknown_model(toy_csv: Path, tmp_path: Path, inproc) -> None:
+    fails(inproc(*train_argv("no-such-user/no-such-model-xyz", toy_csv, tmp_path / "out")), "cannot load model")
+    fails(inproc(*train_argv(tmp_path / "missing-folder", toy_csv, tmp_path / "out")), "no such folder")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_existing_out_is_not_overwritten(tiny_bert: Path, toy_csv: Path, tmp_path: Path) -> None:
+def test_existing_out_is_not_overwritten(tiny_bert: Path, toy_csv: Path, tmp_path: Path, inproc) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    fails(train(tiny_bert, toy_csv, out), "already exists", "--overwrite")
+    fails(inproc(*train_argv(tiny_bert, toy_csv, out)), "already exists", "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -112,9 +116,11 @@ def test_coefficient_lr_far_too_small_warns(small_adapter: Path) -> None:
     assert (small_adapter / "adapter_model.safetensors").exists()  # the warning is checked where it is trained
 
 
-def test_adapter_does_not_fit_base(small_adapter: Path, other_bert: Path, toy_csv: Path, tmp_path: Path) -> None:
-    fails(cli("eval", str(small_adapter), "--base", str(other_bert), "--data", str(toy_csv)), "does not fit")
-    fails(cli("merge", str(small_adapter), "--base", str(other_bert), "--out", str(tmp_path / "m")), "does not fit")
+def test_adapter_does_not_fit_base(small_adapter: Path, other_bert: Path, toy_csv: Path, tmp_path: Path,
+                                   inproc) -> None:
+    fails(inproc("eval", str(small_adapter), "--base", str(other_bert), "--data", str(toy_csv)), "does not fit")
+    fails(inproc("merge", str(small_adapter), "--base", str(other_bert), "--out", str(tmp_path / "m")),
+          "does not fit")
     assert not (tmp_path / "m").exists()
 
 
