@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--results", default=None)
+    ap.add_argument("--note", default="", help="appended to the results file's note (e.g. which code ran)")
     a = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -152,7 +153,7 @@ def main() -> None:
                          "us_per_call": us, "x_floor": xf, "x_lora": xl, "ops_per_call": ops[variant]})
     path = write_results("host_cost", rows, out=a.results,
                          note=f"per-call time of one adapted linear layer, {a.calls} calls back to back per repeat, "
-                              f"median of {a.repeats}")
+                              f"median of {a.repeats}" + (f"; {a.note}" if a.note else ""))
     print(f"results: {path}")
 
 
