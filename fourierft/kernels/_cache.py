@@ -5,14 +5,18 @@
   of one shape gets the same entries from the same seed) share one built object through a weak-valued table, so a
   basis lives exactly as long as some adapter uses it and is built once per shape. The content key is a hash of
   the indices, re-computed only when the tensor was written in place (``_version``) or re-pointed (``data_ptr``).
-* **Dense ``dW``** for inference hangs off the spectrum tensor (weakly keyed) and is checked on every lookup
-  against the spectrum's ``_version`` and storage, the entries' contents, shape, scaling, device and dtype.
-  Fused optimizers (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) write parameters without
-  bumping ``_version``; so the first time a ``dW`` is cached, one global optimizer post-step hook is registered
-  (never at import) that invalidates every cached ``dW`` after any optimizer step; :func:`clear_caches` removes it.
-  :func:`invalidate` drops one spectrum's ``dW`` explicitly (e.g. after writing it through ``.data``).
+* **What inference derives from the coefficients** (the gemm path's dense ``dW``, the factored path's weighted
+  inverse twiddles, the lowrank path's ``[c, -c]``) hangs off the spectrum tensor (weakly keyed), one entry per
+  kind, and is checked on every lookup against the spectrum's ``_version`` and storage and the caller's key
+  (entries' contents, shape, scaling, device, dtype). Fused optimizers (``AdamW(fused=True)``, transformers' default
+  ``adamw_torch_fused``) write parameters without bumping ``_version``; so the first time such an entry is cached,
+  one global optimizer post-step hook is registered (never at import) that invalidates them all after any optimizer
+  step; :func:`clear_caches` removes it. :func:`invalidate` drops one spectrum's entries explicitly (e.g. after
+  writing it through ``.data``).
 
-Under ``torch.compile`` none of this is consulted: the callers build inline (nothing Python-side in graphs).
+Under ``torch.compile`` none of this is consulted: the callers build inline (nothing Python-side in graphs). Nor
+under CUDA graph capture for the spectrum's entries: a graph replays without this module's checks, so it must
+read the coefficients themselves.
 """
 
 from __future__ import annotations
@@ -36,33 +40,39 @@ _lock = threading.RLock()
 _by_index: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # (kind, content key, size, device, dtype) -> built: shared between index tensors of equal contents, weakly
 _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-# spectrum tensor -> (key tuple, dW)
-_dense: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# spectrum tensor -> {kind: (key tuple, value)}
+_by_spectrum: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _generation = 0
 _hook: list = []  # the optimizer post-step hook's handle, once registered
 
 
 def clear_caches() -> None:
-    """Drop every cached basis, plan and dense ``dW`` and this thread's reused input transform (e.g. to free device
-    memory), and remove the optimizer hook."""
+    """Drop every cached basis, plan and coefficient-derived tensor and this thread's reused input transform (e.g.
+    to free device memory), and remove the optimizer hook."""
     clear_reuse()
     with _lock:
         _by_index.clear()
         _shared.clear()
-        _dense.clear()
+        _by_spectrum.clear()
         while _hook:
             _hook.pop().remove()
 
 
-def invalidate(spectrum: torch.Tensor) -> None:
-    """Forget the cached dense ``dW`` of ``spectrum`` (a no-op if there is none)."""
+def invalidate(spectrum: torch.Tensor, kind: str | None = None) -> None:
+    """Forget what is cached on ``spectrum`` (only ``kind``'s entry if given; a no-op if there is none)."""
     with _lock:
-        _dense.pop(spectrum, None)
+        if kind is None:
+            _by_spectrum.pop(spectrum, None)
+        else:
+            _by_spectrum.get(spectrum, {}).pop(kind, None)
 
 
 def cache_sizes() -> dict[str, int]:
-    """How many index tensors, shared built objects and dense ``dW`` are cached now (for tests and debugging)."""
-    return {"indices": len(_by_index), "built": len(_shared), "dense": len(_dense)}
+    """How many index tensors and shared built objects are cached now, and how many spectra hold a dense ``dW``
+    (``"dense"``) or another coefficient-derived entry (``"weighted"``) (for tests and debugging)."""
+    kinds = [kind for entries in _by_spectrum.values() for kind in entries]
+    return {"indices": len(_by_index), "built": len(_shared), "dense": kinds.count("dense"),
+            "weighted": len(kinds) - kinds.count("dense")}
 
 
 def _stamp(idx: torch.Tensor) -> tuple:
@@ -139,22 +149,26 @@ def _bump_generation(*_: object) -> None:
     _generation += 1
 
 
-def _dense_key(spectrum: torch.Tensor, key: tuple) -> tuple:
+def _spectrum_key(spectrum: torch.Tensor, key: tuple) -> tuple:
     # data_ptr: `param.data = new_tensor` swaps storage without touching the old tensor's version.
-    return (key, _generation, spectrum.data_ptr())
+    return (key, spectrum._version, _generation, spectrum.data_ptr(), spectrum.device)
 
 
-def dense_get(spectrum: torch.Tensor, key: tuple) -> torch.Tensor | None:
-    """The cached dense ``dW`` for ``spectrum`` if it was built with exactly ``key`` (versions included) and no
-    optimizer has stepped since."""
-    hit = _dense.get(spectrum)
-    if hit is not None and hit[0] == _dense_key(spectrum, key):
+def spectrum_cached(kind: str, spectrum: torch.Tensor, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()`` (a tensor derived from ``spectrum``'s values alone), cached on ``spectrum`` under ``kind`` while
+    ``key`` (its index tensors by content, :func:`index_key`), the spectrum's version and storage are unchanged and
+    no optimizer has stepped. Built uncached under ``torch.compile``, during CUDA graph capture and for inference
+    tensors (no version counter to check)."""
+    if (torch.compiler.is_compiling() or spectrum.is_inference()
+            or (spectrum.is_cuda and torch.cuda.is_current_stream_capturing())):
+        return build()
+    full = _spectrum_key(spectrum, tuple(index_key(k) if isinstance(k, torch.Tensor) else k for k in key))
+    hit = _by_spectrum.get(spectrum, {}).get(kind)
+    if hit is not None and hit[0] == full:
         return hit[1]
-    return None
-
-
-def dense_put(spectrum: torch.Tensor, key: tuple, dw: torch.Tensor) -> None:
+    value = build()
     with _lock:
         if not _hook:
             _hook.append(register_optimizer_step_post_hook(_bump_generation))
-        _dense[spectrum] = (_dense_key(spectrum, key), dw)
+        _by_spectrum.setdefault(spectrum, {})[kind] = (full, value)
+    return value

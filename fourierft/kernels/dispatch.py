@@ -221,12 +221,14 @@ def tune(
 # the losers' bases, plans and (at inference, on the real spectrum) dense dW were 0.11-0.14 GiB of training peak and
 # 0.28-0.42 GiB of inference peak that the chosen path never reads (H200, bench/train_step.py, 2026-12-01).
 _CACHE_KINDS = {"lowrank": ("basis",), "factored": ("plan",), "fused": ("full-plan",)}
+# ... and on its spectrum, at inference (``_cache.spectrum_cached``)
+_SPECTRUM_KINDS = {"gemm": "dense", "lowrank": "coefficients", "factored": "weighted"}
 
 
 def _drop_caches(paths: list[str], spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
     for path in paths:
-        if path in _HOLDS_DENSE:
-            invalidate(spectrum)
+        if path in _SPECTRUM_KINDS:
+            invalidate(spectrum, _SPECTRUM_KINDS[path])
         for kind in _CACHE_KINDS.get(path, ()):
             release(kind, rows)
             release(kind, cols)

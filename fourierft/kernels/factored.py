@@ -33,11 +33,13 @@ import torch
 
 from . import factored_triton
 from ._mm import summed_products
+from ._cache import spectrum_cached
 from ._reuse import reuse
 from .blockmm import blockmm
 from .factored_plan import Plan, make_plan, plan, split_cost
 
-__all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "plan", "split_cost", "synthesis"]
+__all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "plan", "split_cost", "synthesis",
+           "weighted_inverse"]
 
 
 def analysis(x: torch.Tensor, p: Plan) -> torch.Tensor:
@@ -58,23 +60,30 @@ def regroup(src: Plan, dst: Plan) -> torch.Tensor:
     return idx
 
 
-def weights(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
-    """``c_k`` at both rows of frequency k in ``p``'s grouped layout, some ``c`` on padding (whose rows of
-    ``inv_twiddle`` are zero): ``(p.rows,)`` in ``spectrum``'s dtype."""
-    return spectrum.index_select(0, p.coef)
+def weighted_inverse(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
+    """``p.inv_twiddle`` with the rows of frequency k times ``c_k`` (``spectrum`` ``(n,)``, any float dtype; each
+    product rounded once, to the plan's dtype): ``(G, 2m, 2 n2)``, what :func:`synthesis` multiplies by. The
+    coefficients ride on this small matrix, not on the ``(rows, T)`` transform; padding rows stay zero."""
+    w = spectrum.index_select(0, p.coef)  # c_k at both rows of frequency k; some c on padding, whose rows are 0
+    return torch.mul(p.inv_twiddle, w.view(p.groups, 2 * p.m, 1), out=torch.empty_like(p.inv_twiddle))
+
+
+def inference_inverse(spectrum: torch.Tensor, p: Plan, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`weighted_inverse` for a plan of ``(rows, size)``, cached on ``spectrum`` until its coefficients change
+    (:func:`._cache.spectrum_cached`): at inference the two launches that build it run once, not at every call."""
+    key = (rows, size, p.inv_twiddle.dtype, p.n1, p.groups, p.m)
+    return spectrum_cached("weighted", spectrum, key, lambda: weighted_inverse(spectrum.detach(), p))
 
 
 def synthesis(
-    z: torch.Tensor, p: Plan, w: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
+    z: torch.Tensor, p: Plan, inv: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
     into_base: bool = False,
 ) -> torch.Tensor:
-    """``base + alpha Re(sum_k w_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped and
-    weights ``w`` ``(p.rows,)`` (any float dtype: each ``w_k`` times a twiddle is rounded once, to the plan's);
+    """``base + alpha Re(sum_k c_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped and the
+    weighted inverse twiddles ``inv`` (:func:`weighted_inverse`; ``p.inv_twiddle`` itself for all ``c_k = 1``);
     written into ``base`` (contiguous) itself with ``into_base``."""
     t = z.shape[1]
     zg = z.view(p.groups, 2 * p.m, t).transpose(1, 2)  # (G, T, 2m), a strided view
-    inv = torch.empty_like(p.inv_twiddle)  # the coefficients ride on the small matrix, not on z
-    torch.mul(p.inv_twiddle, w.view(p.groups, 2 * p.m, 1), out=inv)
     b = z.new_empty(t, p.groups, 2 * p.n2)
     torch.bmm(zg, inv, out=b.transpose(0, 1))  # stage 2, each group's (T, 2 n2) into its columns of b
     b = b.view(t, 2 * p.groups, p.n2)  # (T, 2G, n2): rows (g, R/I), what inv_dft's columns read
@@ -100,17 +109,17 @@ def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, i
     if fused:
         return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base), xk
     xu = xk.index_select(0, pu.take)  # X in u's grouped layout: (pu.rows, T)
-    return synthesis(xu, pu, weights(spectrum, pu), scale, base, into_base), xk  # (T, d1)
+    return synthesis(xu, pu, weighted_inverse(spectrum, pu), scale, base, into_base), xk  # (T, d1)
 
 
 def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
-                       fused: bool = False):
+                       fused: bool = False, inv: torch.Tensor | None = None):
     """:func:`factored_forward`'s ``y`` alone, when nothing is saved for a backward: the analysis goes straight into
-    u's grouped layout (one gather, not two through ``xk``)."""
+    u's grouped layout (one gather, not two through ``xk``); ``inv``: pu's weighted inverse twiddles if at hand."""
     if fused:
         return factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused)[0]
     xu = analysis(x, pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
-    return synthesis(xu, pu, weights(spectrum, pu), scale, base, into_base)
+    return synthesis(xu, pu, weighted_inverse(spectrum, pu) if inv is None else inv, scale, base, into_base)
 
 
 def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool,
@@ -128,7 +137,7 @@ def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x:
         gu = analysis(g, pu)  # (pu.rows, T)
         if need_x:
             gv = gu.index_select(0, regroup(pu, pv))
-            grad_x = synthesis(gv, pv, weights(spectrum, pv), scale, base, into_base=True)
+            grad_x = synthesis(gv, pv, weighted_inverse(spectrum, pv), scale, base, into_base=True)
         gk = gu.index_select(0, pu.row) if need_c else None
     if need_c:
         r = summed_products(gk, xk, 1)  # (2n,): over the T rows
@@ -190,7 +199,8 @@ def factored_linear(
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
         if frozen is not None:
             b2, into_base = torch.nn.functional.linear(x2, *frozen), True
-        y = factored_inference(x2.contiguous(), spectrum, pu, pv, scale, b2, into_base, fused)
+        inv = None if fused else inference_inverse(spectrum, pu, rows, out_features)
+        y = factored_inference(x2.contiguous(), spectrum, pu, pv, scale, b2, into_base, fused, inv)
     else:
         # the layer before with the same input and column entries (q, k, v) already transformed it: see _reuse
         xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], fused))

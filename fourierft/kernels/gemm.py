@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..spectral import delta_weight
-from ._cache import dense_get, dense_put, index_key
+from ._cache import spectrum_cached
 from ._mm import scaled_mm
 
 
@@ -41,31 +41,14 @@ def delta_weight_cached(
 ) -> torch.Tensor:
     """:func:`fourierft.spectral.delta_weight` cast to ``dtype``, cached on the spectrum tensor.
 
-    The cache entry is checked against ``spectrum._version`` (any optimizer step or in-place edit bumps it), the
-    entries' contents, shape, scaling, device and dtype on every call, and dies with the spectrum. Returns a
-    detached ``(out_features, in_features)`` tensor: for inference and for the gemm path's forward.
+    The cache entry is checked against ``spectrum._version`` (in-place edits bump it; optimizer steps are seen too),
+    the entries' contents, shape, scaling, device and dtype on every call, and dies with the spectrum
+    (:func:`._cache.spectrum_cached`). Returns a detached ``(out_features, in_features)`` tensor, for inference.
     """
-    key = None
-    # inference tensors (made under torch.inference_mode) carry no version counter: nothing to validate a cache by
-    if not torch.compiler.is_compiling() and not spectrum.is_inference():
-        key = (
-            spectrum._version,
-            index_key(rows),
-            index_key(cols),
-            out_features,
-            in_features,
-            float(scaling),
-            spectrum.device,
-            dtype,
-        )
-        hit = dense_get(spectrum, key)
-        if hit is not None:
-            return hit
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    dw = delta_weight(spectrum.detach(), rows, cols, out_features, in_features, scaling, dtype=work).to(dtype)
-    if key is not None:
-        dense_put(spectrum, key, dw)
-    return dw
+    return spectrum_cached("dense", spectrum, (rows, cols, out_features, in_features, float(scaling), dtype),
+                           lambda: delta_weight(spectrum.detach(), rows, cols, out_features, in_features, scaling,
+                                                dtype=work).to(dtype))
 
 
 class GemmSpectralLinear(torch.autograd.Function):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._cache import basis
+from ._cache import basis, spectrum_cached
 from ._mm import scaled_mm, summed_products
 from ._reuse import reuse
 
@@ -33,12 +33,13 @@ def _coeffs(spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([c, -c])
 
 
-def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: bool = False, q=None):
+def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: bool = False, q=None, w=None):
     """``(y, q)``: ``y = base + x @ dW.T`` ``(T, d1)`` for ``x`` ``(T, d2)``, and ``q = x @ Bv`` ``(T, 2n)``
-    (computed here unless given), all that the backward needs."""
+    (computed here unless given), all that the backward needs; ``w``: ``[c, -c]`` if at hand."""
     q = x @ bv if q is None else q  # (T, 2n)
+    w = _coeffs(spectrum, q.dtype) if w is None else w
     # y = base + scale * (q [c, -c]) Bu^T in one GEMM: alpha = scale, beta = 1 adds the frozen output
-    return scaled_mm(q * _coeffs(spectrum, q.dtype), bu.T, scale, base, into_base), q
+    return scaled_mm(q * w, bu.T, scale, base, into_base), q
 
 
 def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c: bool, weight=None):
@@ -101,5 +102,12 @@ def lowrank_linear(
     x2 = x.reshape(-1, in_features)
     q = reuse(x, bv, lambda: x2 @ bv)  # shared with the layer before on the same input and entries: see _reuse
     b2 = None if base is None else base.reshape(-1, out_features)
-    y = LowRankSpectralLinear.apply(x2, q, spectrum, bu, bv, scale, b2, into_base, *(frozen or (None, None)))
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
+        if frozen is not None:
+            b2, into_base = torch.nn.functional.linear(x2, *frozen), True
+        # inference: [c, -c] is built once per version of the coefficients, not at every call (two launches)
+        w = spectrum_cached("coefficients", spectrum, (dtype,), lambda: _coeffs(spectrum.detach(), dtype))
+        y, _ = lowrank_forward(x2, spectrum, bu, bv, scale, b2, into_base, q, w)
+    else:
+        y = LowRankSpectralLinear.apply(x2, q, spectrum, bu, bv, scale, b2, into_base, *(frozen or (None, None)))
     return y.reshape(*x.shape[:-1], out_features)

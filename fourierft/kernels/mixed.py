@@ -113,6 +113,5 @@ def spectral_linear_mixed(
     wtab = torch.zeros(k + 1, pu.rows, dtype=dt, device=x.device)
     wtab[:k, pu.row] = torch.cat([c, c], 1).to(dt)  # c_a at both rows (Re, Im) of each frequency; 0 on padding
     xu = analysis(x2.contiguous(), pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
-    ones = torch.ones(pu.rows, dtype=dt, device=x.device)
-    y = synthesis(xu * wtab[idx].T, pu, ones, 1.0 / d2)  # (T, d1)
+    y = synthesis(xu * wtab[idx].T, pu, pu.inv_twiddle, 1.0 / d2)  # (T, d1): the weights are on xu already
     return y.reshape(*x.shape[:-1], d1)

@@ -24,54 +24,62 @@ def want(spectrum, rows, cols, x):
     return x.double() @ delta_weight_cos(spectrum, rows, cols, D1, D2, 150.0).T
 
 
+# what each path caches on the spectrum at inference: gemm its dense dW, lowrank [c, -c], factored its weighted
+# inverse twiddles
+KIND = {"gemm": "dense", "lowrank": "weighted", "factored": "weighted"}
+
+
+@pytest.mark.parametrize("path", list(KIND))
 @pytest.mark.parametrize("optimizer", [
     lambda ps: torch.optim.AdamW(ps, lr=0.1, fused=True),  # writes without bumping _version
     lambda ps: torch.optim.AdamW(ps, lr=0.1, foreach=True),
     lambda ps: torch.optim.SGD(ps, lr=0.1),
 ])
-def test_no_grad_forward_after_optimizer_step_sees_new_coefficients(optimizer):
+def test_no_grad_forward_after_optimizer_step_sees_new_coefficients(optimizer, path):
     clear_caches()
     spectrum, rows, cols, x = adapter()
     opt = optimizer([spectrum])
-    spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm").sum().backward()
+    spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path).sum().backward()
     with torch.no_grad():
-        before = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")  # fills the dW cache
-        assert cache_sizes()["dense"] == 1
+        before = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)  # fills the cache
+        assert cache_sizes()[KIND[path]] == 1
     old = spectrum.detach().clone()
     opt.step()
     assert not torch.equal(spectrum.detach(), old)
     with torch.no_grad():
-        after = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        after = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
     assert rel(after, want(spectrum, rows, cols, x)) < 1e-5
     assert rel(before, want(old, rows, cols, x)) < 1e-5
 
 
-def test_in_place_edit_and_swapped_storage():
+@pytest.mark.parametrize("path", list(KIND))
+def test_in_place_edit_and_swapped_storage(path):
     clear_caches()
     spectrum, rows, cols, x = adapter()
     with torch.no_grad():
-        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
         spectrum.mul_(2.0)
-        assert rel(spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm"),
+        assert rel(spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path),
                    want(spectrum, rows, cols, x)) < 1e-5
         spectrum.data = torch.randn_like(spectrum)
-        assert rel(spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm"),
+        assert rel(spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path),
                    want(spectrum, rows, cols, x)) < 1e-5
 
 
-def test_invalidate_drops_a_dw_written_behind_the_caches_back():
+@pytest.mark.parametrize("path", list(KIND))
+def test_invalidate_drops_what_was_written_behind_the_caches_back(path):
     """A write that bumps nothing (through ``.data``, which has its own version counter) is seen after
     :func:`invalidate`."""
     clear_caches()
     spectrum, rows, cols, x = adapter()
     with torch.no_grad():
-        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
         version = spectrum._version
         spectrum.data.mul_(3.0)
         assert spectrum._version == version
-        stale = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        stale = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
         invalidate(spectrum)
-        fresh = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
+        fresh = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
     assert rel(fresh, want(spectrum, rows, cols, x)) < 1e-5
     assert rel(stale, want(spectrum, rows, cols, x)) > 0.5  # the write was indeed invisible to the version checks
 
@@ -86,10 +94,11 @@ def test_caches_die_with_their_tensors():
         spectral_linear(x, spectrum, rows2, cols2, D1, D2, 150.0, path="lowrank")
         spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path="gemm")
     assert _cache.basis(rows, D1, torch.float32) is _cache.basis(rows2, D1, torch.float32)
-    assert cache_sizes() == {"indices": 4, "built": 2, "dense": 1}
+    # the spectrum holds gemm's dW and lowrank's [c, -c]
+    assert cache_sizes() == {"indices": 4, "built": 2, "dense": 1, "weighted": 1}
     del spectrum, rows, cols, rows2, cols2
     gc.collect()
-    assert cache_sizes() == {"indices": 0, "built": 0, "dense": 0}
+    assert cache_sizes() == {"indices": 0, "built": 0, "dense": 0, "weighted": 0}
 
 
 def test_no_optimizer_hook_until_a_dw_is_cached():
@@ -111,3 +120,17 @@ def test_reference_helper_agrees():
     spectrum, rows, cols, x = adapter()
     ry, _, _ = reference(x, torch.zeros(4, D1), spectrum.detach(), rows, cols, D1, D2, 150.0)
     assert rel(want(spectrum, rows, cols, x), ry) < 1e-12
+
+
+@pytest.mark.parametrize("path", ["lowrank", "factored"])
+def test_inference_builds_the_coefficient_tables_once_and_training_never_keeps_them(path):
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
+    spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path).sum().backward()
+    assert cache_sizes()["weighted"] == 0  # training builds them fresh: the coefficients change every step
+    with torch.no_grad():
+        first = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+        table = _cache._by_spectrum[spectrum]["weighted" if path == "factored" else "coefficients"][1]
+        second = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+        assert _cache._by_spectrum[spectrum]["weighted" if path == "factored" else "coefficients"][1] is table
+    assert torch.equal(first, second) and rel(first, want(spectrum, rows, cols, x)) < 1e-5

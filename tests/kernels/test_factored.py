@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fourierft.kernels import factored_plan
-from fourierft.kernels.factored import analysis, make_plan, regroup, synthesis
+from fourierft.kernels.factored import analysis, make_plan, regroup, synthesis, weighted_inverse
 
 
 def dft_sums(f: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +55,8 @@ def test_analysis_and_synthesis_match_the_sums(case, half, forced_split):
 
     z = torch.randn(2 * n, 3, dtype=torch.float64)
     zg = torch.zeros(p.rows, 3, dtype=torch.float64).index_put_((p.row,), z)
-    w = torch.zeros(p.rows, dtype=torch.float64).index_put_((p.row,), torch.full((2 * n,), 2.0, dtype=torch.float64))
     base = torch.randn(3, d, dtype=torch.float64)
-    y = synthesis(zg, p, w, 0.5, base)
+    y = synthesis(zg, p, weighted_inverse(torch.full((n,), 2.0, dtype=torch.float64), p), 0.5, base)
     want = base + 0.5 * 2.0 * (z[:n].T @ cos - z[n:].T @ sin)  # Re sum_k Z_k e^{+2 pi i f_k i / d}
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
@@ -74,8 +73,8 @@ def test_padding_rows_are_zero_and_ignored(monkeypatch):
     # synthesis ignores whatever sits in padding rows (their weights are 0)
     junk = torch.zeros(p.rows, 2, dtype=torch.float64)
     junk[pad] = 1e6
-    w = torch.zeros(p.rows, dtype=torch.float64).index_put_((p.row,), torch.ones(2 * f.numel(), dtype=torch.float64))
-    assert synthesis(junk, p, w, 1.0).abs().max() == 0
+    assert synthesis(junk, p, weighted_inverse(torch.randn(f.numel(), dtype=torch.float64), p), 1.0).abs().max() == 0
+    assert synthesis(junk, p, p.inv_twiddle, 1.0).abs().max() == 0
 
 
 def test_regroup_moves_each_frequency_to_its_rows():
