@@ -23,8 +23,10 @@ Paths (each differentiable w.r.t. ``x`` and the spectrum, each tested against a 
 :func:`adapted_linear` is the whole adapted layer (frozen ``F.linear`` plus the adapter, the addition fused where a
 path can). :func:`spectral_linear_mixed` serves a batch whose rows use different adapters that share their entries.
 
-Caches (cos/sin bases, factored plans, the inference ``dW``) live as long as the tensors they were built from
-(:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one spectrum's cached ``dW``, :func:`clear_caches` all.
+Caches (cos/sin bases, factored plans, and at inference what each path derives from the coefficients: gemm's
+``dW``, factored's weighted inverse twiddles, lowrank's ``[c, -c]``) live as long as the tensors they were built from
+and are rebuilt when the coefficients change (:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one
+spectrum's entries, :func:`clear_caches` all.
 Within one forward of a PEFT model, layers that read the same input with the same column entries (``q_proj``,
 ``k_proj`` and ``v_proj``; ``gate_proj`` and ``up_proj``) transform it once and save one copy for their backward
 (:mod:`fourierft.kernels._reuse`).
