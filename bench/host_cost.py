@@ -62,14 +62,19 @@ def build(variant: str, d_out: int, d_in: int, n: int, device: str, dtype: torch
     raise ValueError(f"unknown variant {variant!r}")
 
 
+def call(model: nn.Module, x: torch.Tensor, mode: str) -> None:
+    """One call: ``train`` forward and backward, ``infer`` forward under ``inference_mode``."""
+    if mode == "infer":
+        with torch.inference_mode():
+            model(inputs_embeds=x)
+    else:
+        model(inputs_embeds=x).sum().backward()
+
+
 def per_call_us(model: nn.Module, x: torch.Tensor, mode: str, calls: int, repeats: int) -> float:
     """Median over ``repeats`` of the mean time of ``calls`` back-to-back calls (one sync at the end), in us."""
     def once():
-        if mode == "infer":
-            with torch.inference_mode():
-                model(inputs_embeds=x)
-        else:
-            model(inputs_embeds=x).sum().backward()
+        call(model, x, mode)
 
     def sync():
         if x.is_cuda:
@@ -108,11 +113,7 @@ def ops_per_call(model: nn.Module, x: torch.Tensor, mode: str) -> int:
     x.grad = None  # as after an optimiser's zero_grad: the step's first gradients are stored, not added
     model.zero_grad(set_to_none=True)
     with Count():
-        if mode == "infer":
-            with torch.inference_mode():
-                model(inputs_embeds=x)
-        else:
-            model(inputs_embeds=x).sum().backward()
+        call(model, x, mode)
     return Count.n
 
 
