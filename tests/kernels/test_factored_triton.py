@@ -106,6 +106,30 @@ def test_factored_layer_with_the_kernels_matches_float64(d1, d2, n, rows, dtype)
     assert rel(cs.grad, gc_ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_path_runs_the_frozen_layer_inside(dtype):
+    """``adapted_linear`` on the fused path: the frozen matmul and its input gradient inside the adapter's function
+    (the synthesis kernels add into them), judged on the adapter's part against float64."""
+    from fourierft.kernels import adapted_linear
+
+    torch.manual_seed(0)
+    d1, d2, n, rows = 384, 128, 64, 5
+    r, c = make_entries(d1, d2, n)
+    coef, x, g = torch.randn(n) * 3, torch.randn(rows, d2), torch.randn(rows, d1)
+    y_ref, gx_ref, gc_ref = reference(x, g, coef, r, c, d1, d2, 150.0)
+    w = torch.randn(d1, d2, device=DEV).to(dtype) / d2 ** 0.5
+    xs, cs = x.to(DEV, dtype).requires_grad_(), coef.to(DEV).requires_grad_()
+    y = adapted_linear(xs, w, None, cs, r.to(DEV), c.to(DEV), d1, d2, 150.0, "fused")
+    node = y.grad_fn.next_functions[0][0]  # behind the reshape: one node, the frozen matmul ran inside it
+    assert node.name() == "FactoredSpectralLinearBackward"
+    assert not any(f is not None and "Mm" in f.name() for f, _ in node.next_functions)
+    y.backward(g.to(DEV, dtype))
+    frozen = x.to(DEV, dtype) @ w.T
+    assert rel(y.double() - frozen.double(), y_ref) < 2 * TOL[dtype]
+    assert rel(xs.grad.double() - (g.to(DEV, dtype) @ w).double(), gx_ref) < 2 * TOL[dtype]
+    assert rel(cs.grad, gc_ref) < TOL[dtype]
+
+
 def test_fused_path_under_compile_is_one_graph_equal_to_eager():
     torch._dynamo.reset()
     d1, d2, n = 256, 128, 40
