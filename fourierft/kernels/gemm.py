@@ -53,23 +53,31 @@ def delta_weight_cached(
 
 class GemmSpectralLinear(torch.autograd.Function):
     """``y = scale * x @ dWu.T`` with the unscaled ``dWu = dW / scale`` given (``(d1, d2)``, compute dtype; O(sqrt n)
-    entries, so fp16 neither underflows nor loses digits; ``scale`` is the GEMMs' alpha); ``x``: ``(T, d2)``."""
+    entries, so fp16 neither underflows nor loses digits; ``scale`` is the GEMMs' alpha); ``x``: ``(T, d2)``.
+
+    With the frozen ``weight`` ``(d1, d2)`` (and ``bias``) of a float32/float64 layer: ``y = x @ (W + dW).T + bias``
+    through one GEMM each way on the summed matrix (its rounding, eps ``|W|``, is of the order of the output's own);
+    the spectrum's gradient still comes from ``G = g^T x`` alone."""
 
     @staticmethod
-    def forward(ctx, x, spectrum, dwu, rows, cols, scale):  # noqa: D102
-        ctx.save_for_backward(x, dwu, rows, cols)
-        ctx.scale = scale
+    def forward(ctx, x, spectrum, dwu, rows, cols, scale, weight=None, bias=None):  # noqa: D102
+        ctx.scale, ctx.merged = scale, weight is not None
         ctx.spectrum_dtype = spectrum.dtype
+        if ctx.merged:
+            merged = torch.add(weight, dwu, alpha=scale)  # W + dW, (d1, d2)
+            ctx.save_for_backward(x, merged, rows, cols)
+            return torch.nn.functional.linear(x, merged, bias)
+        ctx.save_for_backward(x, dwu, rows, cols)
         return scaled_mm(x, dwu.T, scale)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        x, dwu, rows, cols = ctx.saved_tensors
-        d1, d2 = dwu.shape
+        x, w, rows, cols = ctx.saved_tensors  # w: W + dW (merged) or dWu
+        d1, d2 = w.shape
         g = g.to(x.dtype)
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_x = scaled_mm(g, dwu, ctx.scale)
+            grad_x = g @ w if ctx.merged else scaled_mm(g, w, ctx.scale)
         if ctx.needs_input_grad[1]:
             work = torch.float64 if x.dtype == torch.float64 else torch.float32
             rows_t = max(x.shape[0], 1)
@@ -78,7 +86,7 @@ class GemmSpectralLinear(torch.autograd.Function):
             spec = torch.fft.rfft2(big)  # (d1, d2//2 + 1)
             u, v = half_column(rows, cols, d1, d2)
             grad_c = (spec.real[u, v] * ctx.scale).to(ctx.spectrum_dtype)
-        return grad_x, grad_c, None, None, None, None
+        return grad_x, grad_c, None, None, None, None, None, None
 
 
 def gemm_linear(
@@ -91,19 +99,29 @@ def gemm_linear(
     scaling: float,
     base: torch.Tensor | None = None,
     into_base: bool = False,
+    frozen: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """``x @ dW.T`` (``+ base``) for ``x`` of shape ``(..., in_features)``; matmul in ``x.dtype``.
 
     At inference a ``base`` of ``x``'s dtype is added inside the GEMM (``addmm``, beta = 1; into ``base`` itself
-    with ``into_base``); in training it is added afterwards."""
+    with ``into_base``); in training it is added afterwards. ``frozen``: ``(W, bias)`` of the frozen layer in
+    ``x``'s dtype instead of a ``base``: training in float32/float64 runs ``x @ (W + dW).T`` (one GEMM each way,
+    not two and a sum), elsewhere ``base = x @ W.T + bias`` first."""
     d1, d2 = out_features, in_features
     x2 = x.reshape(-1, d2)
     scale = scaling / (d1 * d2)
     unscaled = float(d1 * d2)  # delta_weight(scaling = d1 d2) = dW / scale = Re(sum_k c_k e^{...})
-    if torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad):
+    training = torch.is_grad_enabled() and (spectrum.requires_grad or x.requires_grad)
+    if frozen is not None and not (training and x.dtype in (torch.float32, torch.float64)):
+        # half precision keeps W and dW apart: W + dW rounded to 8 or 11 bits would bury dW
+        base, into_base, frozen = torch.nn.functional.linear(x, *frozen), not training, None
+    if training:
         # training: dW changes every step, so build it fresh (no cache: it would hold stale memory)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         dwu = delta_weight(spectrum.detach(), rows, cols, d1, d2, unscaled, dtype=work).to(x.dtype)
+        if frozen is not None:
+            y = GemmSpectralLinear.apply(x2, spectrum, dwu, rows, cols, scale, *frozen)
+            return y.reshape(*x.shape[:-1], d1)
         y = GemmSpectralLinear.apply(x2, spectrum, dwu, rows, cols, scale)
     else:
         dwu = delta_weight_cached(spectrum, rows, cols, d1, d2, unscaled, dtype=x.dtype)

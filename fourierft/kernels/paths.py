@@ -22,5 +22,5 @@ IMPLS = {"dense": dense_linear, "gemm": gemm_linear, "lowrank": lowrank_linear, 
 # paths that can add the frozen layer's output inside their last GEMM (keyword ``base``)
 FUSED = {"gemm": gemm_linear, "lowrank": lowrank_linear, "factored": factored_linear, "fused": fused_linear}
 # paths whose autograd function can run the frozen layer itself (keyword ``frozen``, see ``adapted_linear``)
-FROZEN: tuple[str, ...] = ("lowrank", "factored", "fused")
+FROZEN: tuple[str, ...] = ("gemm", "lowrank", "factored", "fused")
 CUDA_ONLY: tuple[str, ...] = ("fused",)  # refused elsewhere with a message that names the alternative
