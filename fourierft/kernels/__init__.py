@@ -135,12 +135,12 @@ def adapted_linear(
     ``(out_features, in_features)`` (``nn.Linear``'s layout) and ``bias``, result ``(..., out_features)`` in the
     frozen layer's output dtype.
 
-    Where autograd records and the path has its own autograd function (lowrank, factored, fused), the frozen layer
-    runs inside it: its output is the ``base`` the last matmul adds into, and the backward adds the frozen input
-    gradient ``g @ W`` inside grad_x's last matmul, instead of autograd adding two ``(..., in_features)`` gradients
-    afterwards (one pass over them and one launch fewer per call). Elsewhere (other paths, inference, autocast,
-    ``torch.compile``, a weight in another dtype or one that trains) the frozen output is computed first and handed
-    to :func:`spectral_linear` as ``base``."""
+    Where autograd records and the path has its own autograd function (gemm, lowrank, factored, fused), the frozen
+    layer runs inside it, instead of autograd adding two ``(..., in_features)`` input gradients afterwards (one pass
+    over them and one launch fewer per call): lowrank and factored add the frozen output and ``g @ W`` inside their
+    last matmuls; gemm in float32/float64 trains on ``W + dW`` (one GEMM each way instead of two and a sum).
+    Elsewhere (dense, inference, autocast, ``torch.compile``, a weight in another dtype or one that trains) the
+    frozen output is computed first and handed to :func:`spectral_linear` as ``base``."""
     if path not in _IMPLS and path != "auto":
         raise ValueError(f"unknown FourierFT kernel path {path!r}; allowed: {', '.join(PATHS)}")
     dev = x.device.type
