@@ -42,15 +42,16 @@ def lowrank_forward(x, spectrum, bu, bv, scale: float, base=None, into_base: boo
     return scaled_mm(q * w, bu.T, scale, base, into_base), q
 
 
-def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c: bool, weight=None):
+def lowrank_backward(g, q, spectrum, bu, bv, scale: float, need_x: bool, need_c: bool, weight=None, w=None):
     """``(grad_x (T, d2) or None, grad_c (n,) or None)`` for the upstream ``g`` ``(T, d1)``; with the frozen
-    ``weight`` ``(d1, d2)``, grad_x includes the frozen layer's ``g @ W``."""
+    ``weight`` ``(d1, d2)``, grad_x includes the frozen layer's ``g @ W``; ``w``: the forward's ``[c, -c]``."""
     n = spectrum.shape[0]
     p = g.to(q.dtype) @ bu  # (T, 2n)
     grad_x = grad_c = None
     if need_x:
         base = None if weight is None else g @ weight  # (T, d2), a fresh tensor the GEMM adds into
-        grad_x = scaled_mm(p * _coeffs(spectrum, p.dtype), bv.T, scale, base, into_base=True)  # (T, d2)
+        w = _coeffs(spectrum, p.dtype) if w is None else w
+        grad_x = scaled_mm(p * w, bv.T, scale, base, into_base=True)  # (T, d2)
     if need_c:
         r = summed_products(p, q, 0)  # (2n,): over the T rows
         grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)
@@ -66,16 +67,17 @@ class LowRankSpectralLinear(torch.autograd.Function):
     def forward(ctx, x, q, spectrum, bu, bv, scale, base=None, into_base=False, weight=None, bias=None):  # noqa: D102
         if weight is not None:
             base, into_base = torch.nn.functional.linear(x, weight, bias), True
-        y, _ = lowrank_forward(x, spectrum, bu, bv, scale, base, into_base, q)
-        ctx.save_for_backward(q, spectrum, bu, bv, weight)
+        w = _coeffs(spectrum, q.dtype)  # (2n,): kept for the backward (two launches fewer there)
+        y, _ = lowrank_forward(x, spectrum, bu, bv, scale, base, into_base, q, w)
+        ctx.save_for_backward(q, spectrum, bu, bv, weight, w)
         ctx.scale = scale
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        q, spectrum, bu, bv, weight = ctx.saved_tensors
+        q, spectrum, bu, bv, weight, w = ctx.saved_tensors
         need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, need_x, need_c, weight)
+        grad_x, grad_c = lowrank_backward(g, q, spectrum, bu, bv, ctx.scale, need_x, need_c, weight, w)
         grad_base = g if ctx.needs_input_grad[6] else None
         return grad_x, None, grad_c, None, None, None, grad_base, None, None, None
 
