@@ -14,8 +14,9 @@ computes ``base = x W^T + bias`` and its backward adds the frozen input gradient
 
 Cost per row: 4 n (d1 + d2) flops forward, the same backward, against 2 d1 d2 for a dense layer; it runs at
 matmul speed in the input dtype (bf16/fp16 on GPU, fp32 accumulation inside the matmul; ``scale`` is applied as
-the GEMM's alpha, see ``_mm.py``). Only ``Q`` is saved for backward (``x`` is not needed). The bases depend on the
-entries only and are cached per (size, entries, device, dtype), so all layers of one shape share them.
+the GEMM's alpha, see ``_mm.py``). Of the activations only ``Q`` is saved for backward (``x`` is not needed). The
+bases depend on the entries only and are cached per (size, entries, device, dtype), so all layers of one shape share
+them.
 """
 
 from __future__ import annotations
