@@ -26,6 +26,11 @@ from fourierft.spectral import delta_weight
 SEED = 777
 
 
+# The contexts an inference forward runs under, by name: (the results' mode, the context manager). ``inference_mode``
+# is the issue's table; ``no_grad`` is how transformers' ``generate`` and pipelines run a model.
+INFER_UNDER = {"inference_mode": ("infer", torch.inference_mode), "no_grad": ("infer-no_grad", torch.no_grad)}
+
+
 def entries(d1: int, d2: int, n: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """PEFT's entries (the lead's O(n) generator when present, else PEFT's own randperm)."""
     try:

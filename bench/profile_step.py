@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import make_variant  # noqa: E402
+from bench.common import INFER_UNDER, make_variant  # noqa: E402
 from bench.results import write_results  # noqa: E402
 
 FAMILIES = (  # first match wins: substrings of kernel names
@@ -58,11 +58,14 @@ def run_profile(fn, steps: int) -> tuple[dict[str, tuple[int, float]], float]:
     return kernels, wall
 
 
+INFER = dict(INFER_UNDER.values())  # mode -> context: "infer" (inference_mode), "infer-no_grad"
+
+
 def step_fn(model, batch, mode: str):
-    if mode == "infer":
+    if mode in INFER:
         model.eval()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return torch.inference_mode()(lambda: model(**inputs))
+        return INFER[mode]()(lambda: model(**inputs))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
@@ -81,7 +84,7 @@ def main() -> None:
     ap.add_argument("--case", default="gpu", choices=["gpu", "gpu-gqa"])
     ap.add_argument("--targets", default="all")
     ap.add_argument("--variants", default="floor,peft-lora,ours-auto")
-    ap.add_argument("--modes", default="train,infer")
+    ap.add_argument("--modes", default="train,infer", help="comma list of train, infer, infer-no_grad")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--scaling", type=float, default=300.0)
     ap.add_argument("--steps", type=int, default=5)
@@ -91,7 +94,7 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         for variant in args.variants.split(","):
-            v = "floor" if (variant == "frozen" or (variant == "floor" and mode == "infer")) else variant
+            v = "floor" if (variant == "frozen" or (variant == "floor" and mode in INFER)) else variant
             model, batch = make_variant(v, args.case, args.targets, args.n, args.scaling)
             kernels, wall = run_profile(step_fn(model, batch, mode), args.steps)
             total = sum(us for _, us in kernels.values())

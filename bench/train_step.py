@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import make_variant, measure, merge_all  # noqa: E402
+from bench.common import INFER_UNDER, make_variant, measure, merge_all  # noqa: E402
 from bench.results import write_results  # noqa: E402
 
 PATHS = ("gemm", "lowrank", "factored")
@@ -99,14 +99,14 @@ def train_row(variant, case, targets, n, scaling, steps, warmup):
     return ms, peak, ntrain
 
 
-def infer_row(variant, case, targets, n, scaling, steps, warmup, merged):
+def infer_row(variant, case, targets, n, scaling, steps, warmup, merged, under="inference_mode"):
     model, batch, run = build(variant, case, targets, n, scaling)
     model.eval()
     if merged:
         merge_all(model)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
 
-    @torch.inference_mode()
+    @INFER_UNDER[under][1]()
     def fwd():
         run(**inputs)
 
@@ -161,10 +161,15 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of variants to skip")
     ap.add_argument("--also", default="", help="comma list of extra variants (e.g. ours-auto beside direct-*)")
     ap.add_argument("--no-infer", action="store_true")
+    ap.add_argument("--infer-under", default="inference_mode",
+                    help=f"comma list of {', '.join(INFER_UNDER)}: the context of the inference forwards")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the printed tables here (markdown)")
     ap.add_argument("--results", default=None, help="results file (default bench/results/train_step-<UTC>.json)")
     a = ap.parse_args()
+    unders = a.infer_under.split(",")
+    if any(u not in INFER_UNDER for u in unders):
+        ap.error(f"--infer-under takes {', '.join(INFER_UNDER)}, not {a.infer_under!r}")
     if a.threads:
         torch.set_num_threads(a.threads)
     gpu = a.case.startswith("gpu")
@@ -196,22 +201,23 @@ def main() -> None:
         records += result_rows("train", a.case, tg, rows, "floor", "peft-fourierft", a.n, scaling, steps)
         out.append(fmt_table(f"train step, {a.case}, targets {tg}", rows, "floor", "peft-fourierft"))
         print(out[-1], flush=True)
-    if gpu and not a.no_infer:
+    for under in unders if gpu and not a.no_infer else ():
+        mode = INFER_UNDER[under][0]
         for tg in targets:
-            rows = {"frozen": (*infer_row("floor", a.case, tg, a.n, scaling, steps, a.warmup, False), 0)}
+            rows = {"frozen": (*infer_row("floor", a.case, tg, a.n, scaling, steps, a.warmup, False, under), 0)}
             jobs = [(v, v, False) for v in variants if v != "floor"]
             jobs += [(f"{v.split('-')[0]}-merged", v, True) for v in variants if v.endswith("-auto")]
             for label, v, merged in jobs:
                 try:
-                    rows[label] = (*infer_row(v, a.case, tg, a.n, scaling, steps, a.warmup, merged), 0)
+                    rows[label] = (*infer_row(v, a.case, tg, a.n, scaling, steps, a.warmup, merged, under), 0)
                 except Exception as err:  # noqa: BLE001
-                    print(f"  infer {tg} {label}: FAILED {type(err).__name__}: {err}", flush=True)
+                    print(f"  {mode} {tg} {label}: FAILED {type(err).__name__}: {err}", flush=True)
                     _free()
                     continue
-                print(f"  infer {tg} {label}: {rows[label][0]:.1f} ms", flush=True)
-            records += result_rows("infer", a.case, tg, rows, "frozen", "peft-fourierft", a.n, scaling, steps)
-            out.append(fmt_table(f"inference forward, {a.case}, targets {tg} (unmerged unless named)", rows,
-                                 "frozen", "peft-fourierft"))
+                print(f"  {mode} {tg} {label}: {rows[label][0]:.1f} ms", flush=True)
+            records += result_rows(mode, a.case, tg, rows, "frozen", "peft-fourierft", a.n, scaling, steps)
+            out.append(fmt_table(f"inference forward under {under}, {a.case}, targets {tg} (unmerged unless named)",
+                                 rows, "frozen", "peft-fourierft"))
             print(out[-1], flush=True)
     choices = _auto_choices()
     if choices:

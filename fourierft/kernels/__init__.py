@@ -28,8 +28,9 @@ Caches (cos/sin bases, factored plans, and at inference what each path derives f
 and are rebuilt when the coefficients change (:mod:`fourierft.kernels._cache`); :func:`invalidate` drops one
 spectrum's entries, :func:`clear_caches` all.
 Within one forward of a PEFT model, layers that read the same input with the same column entries (``q_proj``,
-``k_proj`` and ``v_proj``; ``gate_proj`` and ``up_proj``) transform it once and save one copy for their backward
-(:mod:`fourierft.kernels._reuse`).
+``k_proj`` and ``v_proj``; ``gate_proj`` and ``up_proj``) transform it once and save one copy for their backward,
+and under ``torch.no_grad`` share it at inference (:mod:`fourierft.kernels._reuse`; not for inference tensors, whose
+in-place writes no version counter records).
 
 ``torch.compile``: ``spectral_linear`` traces without graph breaks on every path. ``lowrank``, ``factored`` and
 ``fused`` enter the graph as opaque custom ops whose bodies keep their caches (:mod:`.opaque`); ``gemm`` and

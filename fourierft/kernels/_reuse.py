@@ -5,7 +5,9 @@ tensor to several such layers in a row: a LLaMA block's ``q_proj``, ``k_proj`` a
 states (all 4096 x 4096 in LLaMA-7B, so one plan for their column frequencies), ``gate_proj`` and ``up_proj``
 another. The first layer's analysis of its input (``X_k``, ``(2n, T)``, also what its backward saves) is then
 exactly the next one's: :func:`reuse` hands it over instead of computing it again, and autograd saves one tensor for
-all of them instead of one each.
+all of them instead of one each. Without autograd (``torch.no_grad``, as transformers' ``generate`` and pipelines
+run) the factored path keeps the analysis already gathered into the synthesis' layout, keyed by the pair of plans,
+so layers with the same row entries too (``q_proj``, ``k_proj`` and ``v_proj`` again) share the gather as well.
 
 It is a cache of a pure function, never a state. It keeps transforms only inside a :func:`reuse_scope`, which the
 tuner opens around each forward and ``generate`` of the model (PEFT's ``_enable_peft_forward_hooks``), so nothing

@@ -112,14 +112,23 @@ def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, i
     return synthesis(xu, pu, weighted_inverse(spectrum, pu), scale, base, into_base), xk  # (T, d1)
 
 
-def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
-                       fused: bool = False, inv: torch.Tensor | None = None):
-    """:func:`factored_forward`'s ``y`` alone, when nothing is saved for a backward: the analysis goes straight into
-    u's grouped layout (one gather, not two through ``xk``); ``inv``: pu's weighted inverse twiddles if at hand."""
+def factored_inference(x, spectrum, rows, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
+                       fused: bool = False):
+    """:func:`factored_forward`'s ``y`` ``(T, d1)`` alone, for ``x`` ``(..., d2)``, when nothing is saved for a
+    backward: the analysis goes straight into u's grouped layout (one gather, not two through ``xk``), shared with
+    the layer before that read the same ``x`` through the same plans (:func:`._reuse.reuse`: ``k_proj`` and
+    ``v_proj`` take ``q_proj``'s), and pu's weighted inverse twiddles come from the inference cache (``rows``, the
+    entries' row frequencies, is its key)."""
+    def flat():
+        return x.reshape(-1, pv.n1 * pv.n2).contiguous()  # (T, d2)
+
     if fused:
-        return factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused)[0]
-    xu = analysis(x, pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
-    return synthesis(xu, pu, weighted_inverse(spectrum, pu) if inv is None else inv, scale, base, into_base)
+        xk = reuse(x, pv, lambda: transform_input(flat(), pv, spectrum.shape[0], True))  # training's key and layout
+        return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base)
+    idx = regroup(pv, pu)  # one object per plan pair: the key of the reused transform
+    xu = reuse(x, idx, lambda: analysis(flat(), pv).index_select(0, idx))  # (pu.rows, T)
+    inv = inference_inverse(spectrum, pu, rows, pu.n1 * pu.n2)
+    return synthesis(xu, pu, inv, scale, base, into_base)
 
 
 def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x: bool, need_c: bool,
@@ -199,8 +208,7 @@ def factored_linear(
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
         if frozen is not None:
             b2, into_base = torch.nn.functional.linear(x2, *frozen), True
-        inv = None if fused else inference_inverse(spectrum, pu, rows, out_features)
-        y = factored_inference(x2.contiguous(), spectrum, pu, pv, scale, b2, into_base, fused, inv)
+        y = factored_inference(x, spectrum, rows, pu, pv, scale, b2, into_base, fused)
     else:
         # the layer before with the same input and column entries (q, k, v) already transformed it: see _reuse
         xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], fused))

@@ -16,6 +16,7 @@ from fourierft.kernels._reuse import reuse_scope
 from kernel_ref import make_entries
 
 PATHS = ["lowrank", "factored"]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 D1, D2, N = 24, 20, 30
 
 
@@ -95,15 +96,53 @@ def test_nothing_is_kept_after_the_scope_or_the_input():
     assert _reuse._local.entry is None
 
 
-def test_nothing_is_kept_without_autograd_or_for_inference_tensors():
+def count_analyses(monkeypatch) -> list[int]:
+    """A list that grows by one at each analysis the factored path runs (with or without autograd)."""
+    calls = []
+    analysis = factored.analysis
+    monkeypatch.setattr(factored, "analysis", lambda *a, **k: calls.append(1) or analysis(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_without_autograd_layers_share_the_transform_and_match_separate_calls(path, monkeypatch):
+    calls = count_analyses(monkeypatch)
+    x, spectra = leaves()
+    rows, cols = make_entries(D1, D2, N)
+    with torch.no_grad():
+        scoped = three_layers(path, x, spectra, scoped=True)
+        kept = _reuse._local.entry
+        separate = three_layers(path, x, spectra, scoped=False)
+    assert kept is None  # the scope ended: nothing outlives it
+    if path == "factored":
+        assert len(calls) == 1 + 3  # once in the scope, then once per separate call
+    for got, want in zip(scoped, separate):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_without_autograd_an_input_written_in_place_is_transformed_again(path):
+    rows, cols = make_entries(D1, D2, N)
+    x, (c, _, _) = leaves()
+    with torch.no_grad(), reuse_scope():
+        first = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path)
+        x.mul_(-2.0)  # bumps the version counter
+        second = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path)
+    with torch.no_grad():
+        want = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path=path)
+    assert torch.equal(second, want) and not torch.equal(first, second)
+
+
+def test_nothing_is_kept_for_inference_tensors():
+    """Inference tensors have no version counter, so a write between two layers could not be seen: no reuse."""
     rows, cols = make_entries(D1, D2, N)
     x, (c, _, _) = leaves()
     with torch.inference_mode():
         xi = x.detach().clone()
+        with reuse_scope():
+            plain = spectral_linear(xi, c, rows, cols, D1, D2, 40.0, path="factored")
+            assert getattr(_reuse._local, "entry", None) is None
     with reuse_scope():
-        with torch.no_grad():  # nothing to save: the direct path, nothing kept
-            plain = spectral_linear(x, c, rows, cols, D1, D2, 40.0, path="factored")
-        assert getattr(_reuse._local, "entry", None) is None
         y = spectral_linear(xi, c, rows, cols, D1, D2, 40.0, path="factored")  # c needs a gradient
         assert getattr(_reuse._local, "entry", None) is None
     assert torch.equal(y, plain)
@@ -119,3 +158,21 @@ def test_a_model_forward_transforms_each_shared_input_once(monkeypatch):
     model.base_model.set_compute_path("factored")
     model(**inputs("llama")).logits.sum().backward()
     assert len(calls) == 2 * 5
+
+
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.float32), pytest.param("cuda", torch.bfloat16, marks=cuda)])
+def test_a_model_forward_without_autograd_shares_the_transforms_and_matches_inference_mode(monkeypatch, device, dtype):
+    """The same tiny LLaMA at inference: under ``no_grad`` the same five analyses per block, under
+    ``inference_mode`` (nothing kept) all seven, and the same logits to the bit (on CUDA: bf16, Triton's stage 1)."""
+    calls = count_analyses(monkeypatch)
+    cfg = fourierft.FourierFTConfig(n_frequency=40, scaling=50.0, target_modules="all-linear", init_weights=False)
+    model = fourierft.get_peft_model(build("llama", dtype), cfg).to(device)
+    model.base_model.set_compute_path("factored")
+    batch = {k: v.to(device) for k, v in inputs("llama").items()}
+    with torch.no_grad():
+        shared = model(**batch).logits
+    assert len(calls) == 2 * 5
+    with torch.inference_mode():
+        alone = model(**batch).logits
+    assert len(calls) == 2 * 5 + 2 * 7
+    assert torch.equal(shared, alone)
