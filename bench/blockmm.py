@@ -7,13 +7,15 @@ analysis (``L = dft`` ``(2G, N1)`` on ``x`` viewed ``(T, N1, N2)``) and synthesi
 result as :func:`fourierft.kernels.factored.synthesis` lays it out, plus the frozen output). Each is timed
 through ``reference`` (cuBLAS' strided batched GEMM) and through the Triton kernel, with the bytes each must move
 (read ``R`` and ``base``, write the result) over the time as a bandwidth, and the kernel's largest error against
-float64. Rows go to ``bench/results/blockmm-<UTC>.json``.
+float64, and the host time each takes to enqueue a call (what a host-bound step pays per launch). Rows go to
+``bench/results/blockmm-<UTC>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +49,20 @@ def timed(fn, reps: int = 50) -> float:
     return a.elapsed_time(b) / reps
 
 
+def host_us(fn, reps: int = 50) -> float:
+    """Host time to enqueue one call (microseconds): ``reps`` calls after a synchronisation, without waiting for
+    them (few enough that the launch queue never fills); what a host-bound step pays per launch."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    us = (time.perf_counter() - t) * 1e6 / reps
+    torch.cuda.synchronize()
+    return us
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=4096)
@@ -55,8 +71,9 @@ def main() -> None:
     ap.add_argument("--results", default=None)
     a = ap.parse_args()
     rows = []
-    print("| product | M x K x N | cuBLAS ms | Triton ms | cuBLAS TB/s | Triton TB/s | Triton max err |")
-    print("|---|---|---|---|---|---|---|")
+    print("| product | M x K x N | cuBLAS ms | Triton ms | cuBLAS TB/s | Triton TB/s | Triton max err "
+          "| host us/call cuBLAS, Triton |")
+    print("|---|---|---|---|---|---|---|---|")
     for dtype in (torch.bfloat16, torch.float16):
         for d in (int(s) for s in a.sizes.split(",")):
             for name, l, r, base in cases(d, a.n, a.tokens, dtype):
@@ -68,15 +85,18 @@ def main() -> None:
                 err = ((got.double() - want).abs().max() / want.abs().max()).item()
                 ms_ref = timed(lambda: bm.reference(l, r, alpha, base))
                 ms_tri = timed(lambda: bm.blockmm(l, r, alpha, base))
+                host_ref, host_tri = host_us(lambda: bm.reference(l, r, alpha, base)), host_us(
+                    lambda: bm.blockmm(l, r, alpha, base))
                 moved = (r.numel() + got.numel() * (2 if base is not None else 1)) * r.element_size()
                 t, k, n = r.shape
                 shape = f"{l.shape[0]} x {k} x {n}"
                 bw_ref, bw_tri = moved / ms_ref / 1e9, moved / ms_tri / 1e9
                 print(f"| {name} {str(dtype)[6:]} | {shape} | {ms_ref:.4f} | {ms_tri:.4f} | {bw_ref:.2f} | {bw_tri:.2f} "
-                      f"| {err:.1e} |", flush=True)
+                      f"| {err:.1e} | {host_ref:.1f}, {host_tri:.1f} |", flush=True)
                 rows.append({"product": name, "dtype": str(dtype).removeprefix("torch."), "tokens": a.tokens,
                              "n": a.n, "shape": shape, "cublas_ms": ms_ref, "triton_ms": ms_tri,
-                             "cublas_over_triton": ms_ref / ms_tri, "bytes": moved, "triton_rel_err": err})
+                             "cublas_over_triton": ms_ref / ms_tri, "bytes": moved, "triton_rel_err": err,
+                             "cublas_host_us": host_ref, "triton_host_us": host_tri})
     path = write_results("blockmm", rows, out=a.results,
                          note="stage-1 products of the factored path: cuBLAS strided batched GEMM vs the Triton kernel")
     print(f"results: {path}")

@@ -123,7 +123,9 @@ def cached(kind: str, idx: torch.Tensor, size: int, dtype: torch.dtype, build: C
             shared_key = (kind, entry[1], size, idx.device, dtype)
             hit = _shared.get(shared_key)
             if hit is None:
-                hit = build(idx, size, dtype)
+                # built as normal tensors even under inference_mode: training may save them for its backward
+                with torch.inference_mode(False):
+                    hit = build(idx, size, dtype)
                 _shared[shared_key] = hit
             entry[2][(kind, size, dtype)] = hit
     return hit  # type: ignore[return-value]

@@ -134,3 +134,18 @@ def test_inference_builds_the_coefficient_tables_once_and_training_never_keeps_t
         second = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
         assert _cache._by_spectrum[spectrum]["weighted" if path == "factored" else "coefficients"][1] is table
     assert torch.equal(first, second) and rel(first, want(spectrum, rows, cols, x)) < 1e-5
+
+
+@pytest.mark.parametrize("path", ["gemm", "lowrank", "factored"])
+def test_bases_built_under_inference_mode_serve_training_after(path):
+    """A first forward under ``inference_mode`` (an evaluation before training) builds the cached bases and plans;
+    the training step after it saves them for its backward, so they must be normal tensors."""
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
+    with torch.inference_mode():
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+    x = x.clone().requires_grad_()
+    y = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+    y.square().sum().backward()
+    assert rel(y, want(spectrum, rows, cols, x)) < 1e-5
+    assert spectrum.grad is not None and x.grad is not None
