@@ -9,7 +9,8 @@ wrapped as each variant (``bench/common.py``'s names: ``floor``, ``peft-lora``, 
 tokens, and called ``--calls`` times back to back with one synchronisation at the end: with so little work per call
 the device waits on the host, so the time per call is the host's. ``train``: forward + backward (input and adapter
 gradients); ``infer``: forward under ``inference_mode``. ``ops/call`` counts the operators a call dispatches that
-do work (on a GPU, its launches). Rows go to ``bench/results/host_cost-<UTC>.json``.
+do work (on a GPU, its launches), ``calls/call`` every operator call (views and allocations too). Rows go to
+``bench/results/host_cost-<UTC>.json``.
 """
 
 from __future__ import annotations
@@ -96,25 +97,27 @@ def per_call_us(model: nn.Module, x: torch.Tensor, mode: str, calls: int, repeat
 _NO_LAUNCH = ("empty", "empty_like", "new_empty", "empty_strided", "_unsafe_view", "detach", "lift_fresh")
 
 
-def ops_per_call(model: nn.Module, x: torch.Tensor, mode: str) -> int:
-    """Operators one call dispatches that do work (views and allocations left out): on a GPU each is a launch.
-    Counted on the call's own thread and autograd's (the dispatch mode follows the backward there), with no
-    gradients held before the call."""
+def ops_per_call(model: nn.Module, x: torch.Tensor, mode: str) -> tuple[int, int]:
+    """``(launches, calls)``: the operators one call dispatches that do work (views and allocations left out: on a
+    GPU each is a launch), and all the operator calls it makes (views and allocations too: each costs the host a
+    trip through the dispatcher). Counted on the call's own thread and autograd's (the dispatch mode follows the
+    backward there), with no gradients held before the call."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
-        n = 0
+        launches = calls = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
             if not func.is_view and func.overloadpacket.__name__ not in _NO_LAUNCH:
-                Count.n += 1
+                Count.launches += 1
             return func(*args, **(kwargs or {}))
 
     x.grad = None  # as after an optimiser's zero_grad: the step's first gradients are stored, not added
     model.zero_grad(set_to_none=True)
     with Count():
         call(model, x, mode)
-    return Count.n
+    return Count.launches, Count.calls
 
 
 def main() -> None:
@@ -144,14 +147,16 @@ def main() -> None:
             del model
         floor, lora = times.get("floor"), times.get("peft-lora")
         print(f"### host cost per layer call, {mode}, {a.shape}, {a.tokens} tokens, {device}")
-        print("| variant | us/call | x floor | x LoRA | ops/call |\n|---|---|---|---|---|")
+        print("| variant | us/call | x floor | x LoRA | ops/call | calls/call |\n|---|---|---|---|---|---|")
         for variant, us in times.items():
             xf = us / floor if floor else None
             xl = us / lora if lora else None
             ratios = f"{xf:.2f} | {xl:.2f}" if xf and xl else "- | -"
-            print(f"| {variant} | {us:.1f} | {ratios} | {ops[variant]} |")
+            launches, calls = ops[variant]
+            print(f"| {variant} | {us:.1f} | {ratios} | {launches} | {calls} |")
             rows.append({"mode": mode, "shape": a.shape, "tokens": a.tokens, "n": a.n, "variant": variant,
-                         "us_per_call": us, "x_floor": xf, "x_lora": xl, "ops_per_call": ops[variant]})
+                         "us_per_call": us, "x_floor": xf, "x_lora": xl, "ops_per_call": launches,
+                         "calls_per_call": calls})
     path = write_results("host_cost", rows, out=a.results,
                          note=f"per-call time of one adapted linear layer, {a.calls} calls back to back per repeat, "
                               f"median of {a.repeats}" + (f"; {a.note}" if a.note else ""))

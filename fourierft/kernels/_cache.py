@@ -158,9 +158,9 @@ def _spectrum_key(spectrum: torch.Tensor, key: tuple) -> tuple:
 
 def spectrum_cached(kind: str, spectrum: torch.Tensor, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``build()`` (a tensor derived from ``spectrum``'s values alone), cached on ``spectrum`` under ``kind`` while
-    ``key`` (its index tensors by content, :func:`index_key`), the spectrum's version and storage are unchanged and
-    no optimizer has stepped. Built uncached under ``torch.compile``, during CUDA graph capture and for inference
-    tensors (no version counter to check)."""
+    ``key`` (its index tensors by content, :func:`index_key`; other items by ``==``, identity for plans), the
+    spectrum's version and storage are unchanged and no optimizer has stepped. Built uncached under
+    ``torch.compile``, during CUDA graph capture and for inference tensors (no version counter to check)."""
     if (torch.compiler.is_compiling() or spectrum.is_inference()
             or (spectrum.is_cuda and torch.cuda.is_current_stream_capturing())):
         return build()

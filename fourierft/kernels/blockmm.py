@@ -48,26 +48,43 @@ def reference(l: torch.Tensor, r: torch.Tensor, alpha: float = 1.0, base: torch.
     return r.new_empty(r.shape[0], l.shape[0], r.shape[2]).baddbmm_(lb, r, beta=0.0, alpha=alpha)
 
 
+def _cols(l: torch.Tensor, r: torch.Tensor) -> int:
+    """``N``: ``R``'s last dimension, or its rows' length over ``K`` for rows ``(T, K N)``."""
+    return r.shape[2] if r.dim() == 3 else r.shape[1] // l.shape[1]
+
+
 def supports(l: torch.Tensor, r: torch.Tensor, base: torch.Tensor | None = None) -> bool:
     """Whether the Triton kernel serves these operands: CUDA fp16/bf16, unit stride along ``N``, ``M, K <=``
     :data:`MAX_DIM`, ``N <=`` :data:`MAX_N` unless a ``base`` is read, and Triton installed."""
-    return (triton is not None and r.is_cuda and r.dtype in DTYPES and l.dtype == r.dtype and r.stride(2) == 1
-            and max(l.shape) <= MAX_DIM and (r.shape[2] <= MAX_N or base is not None))
+    return (triton is not None and r.is_cuda and r.dtype in DTYPES and l.dtype == r.dtype and r.stride(-1) == 1
+            and max(l.shape) <= MAX_DIM and (_cols(l, r) <= MAX_N or base is not None))
 
 
 def blockmm(l: torch.Tensor, r: torch.Tensor, alpha: float = 1.0, base: torch.Tensor | None = None,
             out: torch.Tensor | None = None) -> torch.Tensor:
     """``out[t] = alpha L @ R[t] (+ base[t])``: ``L`` ``(M, K)``, ``R`` ``(T, K, N)`` (any strides), ``base`` and the
-    result ``(T, M, N)``; written into ``out`` (which may be ``base`` itself) when given. The Triton kernel where
-    :func:`supports` says so, else :func:`reference`."""
+    result ``(T, M, N)``; written into ``out`` (which may be ``base`` itself) when given. ``R`` may also be given as
+    its rows ``(T, K N)`` (unit stride along them); ``base``, ``out`` and the result are then rows ``(T, M N)`` too,
+    and the Triton path takes no view of them (each view is a trip through the dispatcher for the host). The
+    Triton kernel where :func:`supports` says so, else :func:`reference`."""
+    rows = r.dim() == 2
     if torch.compiler.is_compiling() or not supports(l, r, base) or r.shape[0] == 0:  # no tokens: no launch
-        return reference(l, r, alpha, base, out)
+        return _reference_rows(l, r, alpha, base, out) if rows else reference(l, r, alpha, base, out)
+    n = _cols(l, r)
     if out is None:
-        out = r.new_empty(r.shape[0], l.shape[0], r.shape[2])
-    if out.stride(2) != 1 or (base is not None and base.stride(2) != 1):
-        return reference(l, r, alpha, base, out)
-    _launch(l.contiguous(), r, alpha, base, out)
+        out = r.new_empty(r.shape[0], l.shape[0] * n) if rows else r.new_empty(r.shape[0], l.shape[0], n)
+    if out.stride(-1) != 1 or (base is not None and base.stride(-1) != 1):
+        return _reference_rows(l, r, alpha, base, out) if rows else reference(l, r, alpha, base, out)
+    _launch(l.contiguous(), r, n, alpha, base, out)
     return out
+
+
+def _reference_rows(l, r, alpha, base, out):
+    """:func:`reference` for rows ``(T, K N)``: viewed as blocks, the result as rows again."""
+    t, (m, k), n = r.shape[0], l.shape, _cols(l, r)
+    y = reference(l, r.reshape(t, k, n), alpha, None if base is None else base.reshape(t, m, n),
+                  None if out is None else out.view(t, m, n))
+    return y.view(t, m * n) if out is None else out
 
 
 def _pow2(v: int) -> int:
@@ -84,14 +101,18 @@ def _config(n: int, has_base: bool) -> tuple[int, int, int, int, int]:
     return max(1, 128 // bn), bn, 4, 4, 2
 
 
-def _launch(l, r, alpha, base, out) -> None:
-    t, k, n = r.shape
-    m = l.shape[0]
+def _strides(v: torch.Tensor, n: int) -> tuple[int, int]:
+    """(token, row) strides of blocks ``(T, rows, n)`` or of their rows ``(T, rows n)``."""
+    return (v.stride(0), v.stride(1)) if v.dim() == 3 else (v.stride(0), n)
+
+
+def _launch(l, r, n, alpha, base, out) -> None:
+    t = r.shape[0]
+    m, k = l.shape
     bt, bn, steps, warps, stages = _config(n, base is not None)
     b = out if base is None else base
     grid = (triton.cdiv(t, bt * steps), triton.cdiv(n, bn))
-    _blockmm_kernel[grid](l, r, b, out, t, m, k, n, float(alpha),
-                          r.stride(0), r.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+    _blockmm_kernel[grid](l, r, b, out, t, m, k, n, float(alpha), *_strides(r, n), *_strides(b, n), *_strides(out, n),
                           _pow2(m), _pow2(k), bt, bn, steps, base is not None, stages, num_warps=warps)
 
 

@@ -45,8 +45,10 @@ __all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "
 def analysis(x: torch.Tensor, p: Plan) -> torch.Tensor:
     """``X[k, t] = sum_j x[t, j] w_d^{f_k j}`` for ``x`` ``(T, d)``, as ``(p.rows, T)`` in ``p``'s grouped layout."""
     t = x.shape[0]
-    a = blockmm(p.dft, x.view(t, p.n1, p.n2))  # (T, 2G, n2): stage 1, rows (g, R/I)
-    a = a.view(t, p.groups, 2 * p.n2).permute(1, 2, 0)  # (G, 2 n2, T): [R; I] per group (a strided view)
+    # Views are taken once each, as as_strided where two would do: each is a trip through the dispatcher, and an
+    # all-linear step is bound by the host (docs/benchmarks.md, step_spread)
+    a = blockmm(p.dft, x)  # (T, 2G n2): stage 1 on each row's (n1, n2) block, rows (g, R/I, j2)
+    a = a.as_strided((p.groups, 2 * p.n2, t), (2 * p.n2, 1, a.stride(0)))  # (G, 2 n2, T): [R; I] per group
     return torch.bmm(p.twiddle, a).view(p.rows, t)  # stage 2: (G, 2m, T)
 
 
@@ -68,11 +70,12 @@ def weighted_inverse(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
     return torch.mul(p.inv_twiddle, w.view(p.groups, 2 * p.m, 1), out=torch.empty_like(p.inv_twiddle))
 
 
-def inference_inverse(spectrum: torch.Tensor, p: Plan, rows: torch.Tensor, size: int) -> torch.Tensor:
-    """:func:`weighted_inverse` for a plan of ``(rows, size)``, cached on ``spectrum`` until its coefficients change
-    (:func:`._cache.spectrum_cached`): at inference the two launches that build it run once, not at every call."""
-    key = (rows, size, p.inv_twiddle.dtype, p.n1, p.groups, p.m)
-    return spectrum_cached("weighted", spectrum, key, lambda: weighted_inverse(spectrum.detach(), p))
+def inference_inverse(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
+    """:func:`weighted_inverse`, cached on ``spectrum`` until its coefficients change (:func:`._cache.spectrum_cached`):
+    at inference the two launches that build it run once, not at every call. The key is the plan itself (plans
+    are shared per entries' contents, size, device, dtype and layout, and compare by identity): no content hash
+    of the entries per call."""
+    return spectrum_cached("weighted", spectrum, (p,), lambda: weighted_inverse(spectrum.detach(), p))
 
 
 def synthesis(
@@ -83,13 +86,12 @@ def synthesis(
     weighted inverse twiddles ``inv`` (:func:`weighted_inverse`; ``p.inv_twiddle`` itself for all ``c_k = 1``);
     written into ``base`` (contiguous) itself with ``into_base``."""
     t = z.shape[1]
-    zg = z.view(p.groups, 2 * p.m, t).transpose(1, 2)  # (G, T, 2m), a strided view
-    b = z.new_empty(t, p.groups, 2 * p.n2)
-    torch.bmm(zg, inv, out=b.transpose(0, 1))  # stage 2, each group's (T, 2 n2) into its columns of b
-    b = b.view(t, 2 * p.groups, p.n2)  # (T, 2G, n2): rows (g, R/I), what inv_dft's columns read
-    inp = None if base is None else base.reshape(t, p.n1, p.n2)
-    y = blockmm(p.inv_dft, b, alpha, inp, out=inp if into_base else None)  # stage 1
-    return y.view(t, p.n1 * p.n2)
+    z = z.contiguous()  # (rows, T); as_strided below reads it by its layout
+    zg = z.as_strided((p.groups, t, 2 * p.m), (2 * p.m * t, 1, t))  # (G, T, 2m)
+    b = z.new_empty(t, p.groups * 2 * p.n2)  # rows (g, R/I, i2) per token: what inv_dft's columns read
+    torch.bmm(zg, inv, out=b.as_strided((p.groups, t, 2 * p.n2), (2 * p.n2, b.stride(0), 1)))  # stage 2
+    base = None if base is None else base.reshape(t, p.n1 * p.n2)
+    return blockmm(p.inv_dft, b, alpha, base, out=base if into_base else None)  # stage 1: (T, n1 n2)
 
 
 def transform_input(x: torch.Tensor, pv: Plan, n: int, fused: bool = False) -> torch.Tensor:
@@ -112,13 +114,12 @@ def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, i
     return synthesis(xu, pu, weighted_inverse(spectrum, pu), scale, base, into_base), xk  # (T, d1)
 
 
-def factored_inference(x, spectrum, rows, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
+def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
                        fused: bool = False):
     """:func:`factored_forward`'s ``y`` ``(T, d1)`` alone, for ``x`` ``(..., d2)``, when nothing is saved for a
     backward: the analysis goes straight into u's grouped layout (one gather, not two through ``xk``), shared with
     the layer before that read the same ``x`` through the same plans (:func:`._reuse.reuse`: ``k_proj`` and
-    ``v_proj`` take ``q_proj``'s), and pu's weighted inverse twiddles come from the inference cache (``rows``, the
-    entries' row frequencies, is its key)."""
+    ``v_proj`` take ``q_proj``'s), and pu's weighted inverse twiddles come from the inference cache."""
     def flat():
         return x.reshape(-1, pv.n1 * pv.n2).contiguous()  # (T, d2)
 
@@ -127,7 +128,7 @@ def factored_inference(x, spectrum, rows, pu: Plan, pv: Plan, scale: float, base
         return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base)
     idx = regroup(pv, pu)  # one object per plan pair: the key of the reused transform
     xu = reuse(x, idx, lambda: analysis(flat(), pv).index_select(0, idx))  # (pu.rows, T)
-    inv = inference_inverse(spectrum, pu, rows, pu.n1 * pu.n2)
+    inv = inference_inverse(spectrum, pu)
     return synthesis(xu, pu, inv, scale, base, into_base)
 
 
@@ -208,7 +209,7 @@ def factored_linear(
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
         if frozen is not None:
             b2, into_base = torch.nn.functional.linear(x2, *frozen), True
-        y = factored_inference(x, spectrum, rows, pu, pv, scale, b2, into_base, fused)
+        y = factored_inference(x, spectrum, pu, pv, scale, b2, into_base, fused)
     else:
         # the layer before with the same input and column entries (q, k, v) already transformed it: see _reuse
         xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], fused))

@@ -63,6 +63,28 @@ def test_kernel_matches_float64(kernel, shape, strided, dtype):
     assert out.data_ptr() == b.data_ptr() and rel(b, expect) < TOL[dtype]
 
 
+@pytest.mark.parametrize("path", ["kernel", "reference"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_rows_give_the_blocks_result_as_rows(request, path, shape):
+    """``R`` given as its rows ``(T, K N)``: the same numbers as the blocks ``(T, K, N)``, as rows ``(T, M N)``,
+    with and without ``base``, and written into ``base`` itself with ``out=base``."""
+    if path == "kernel":
+        request.getfixturevalue("kernel")
+    else:  # cuBLAS' batched GEMM (on the CPU, torch's), which the rows reach through views
+        request.getfixturevalue("monkeypatch").setattr(bm, "supports", lambda *a, **k: False)
+    t, m, k, n = shape
+    l, r, base, ld, rd = operands(t, m, k, n, torch.bfloat16, strided=False)
+    rows, b = rd.reshape(t, k * n), base.to(DEV, torch.bfloat16)
+    got = bm.blockmm(ld, rows, 0.25)
+    assert got.shape == (t, m * n) and torch.equal(got, bm.blockmm(ld, rd, 0.25).reshape(t, m * n))
+    with_base = bm.blockmm(ld, rows, 0.25, b.reshape(t, m * n))
+    assert torch.equal(with_base, bm.blockmm(ld, rd, 0.25, b).reshape(t, m * n))
+    b_rows = b.reshape(t, m * n).clone()
+    out = bm.blockmm(ld, rows, 0.25, b_rows, out=b_rows)
+    assert out.data_ptr() == b_rows.data_ptr() and torch.equal(b_rows, with_base)
+    assert rel(got.view(t, m, n), want(l, r, 0.25)) < TOL[torch.bfloat16]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reference_matches_float64(dtype):
     l, r, base, ld, rd = operands(7, 24, 32, 40, dtype, strided=True)

@@ -149,3 +149,17 @@ def test_bases_built_under_inference_mode_serve_training_after(path):
     y.square().sum().backward()
     assert rel(y, want(spectrum, rows, cols, x)) < 1e-5
     assert spectrum.grad is not None and x.grad is not None
+
+
+@pytest.mark.parametrize("path", ["lowrank", "factored"])
+def test_inference_tables_follow_entries_rewritten_in_place(path):
+    """The coefficient tables are keyed by what the entries built (bases, plans): entries rewritten in place (a
+    ``load_state_dict`` into the buffers) give new plans, so the tables of the old entries are not served."""
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
+    with torch.no_grad():
+        spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)  # tables built for the first entries
+        rows2, cols2 = make_entries(D1, D2, N, seed=5)
+        rows.copy_(rows2), cols.copy_(cols2)
+        y = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+    assert rel(y, want(spectrum, rows2, cols2, x)) < 1e-5
