@@ -29,6 +29,27 @@ SEED = 777
 # The contexts an inference forward runs under, by name: (the results' mode, the context manager). ``inference_mode``
 # is the issue's table; ``no_grad`` is how transformers' ``generate`` and pipelines run a model.
 INFER_UNDER = {"inference_mode": ("infer", torch.inference_mode), "no_grad": ("infer-no_grad", torch.no_grad)}
+INFER = dict(INFER_UNDER.values())  # mode -> context: "infer" (inference_mode), "infer-no_grad"
+
+
+def step_fn(model: nn.Module, batch: dict, mode: str) -> Callable[[], object]:
+    """One step of ``mode``: ``train`` (forward, backward, AdamW on the trainable parameters) or an inference mode
+    of :data:`INFER` (the forward under its context, labels left out)."""
+    if mode in INFER:
+        model.eval()
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return INFER[mode]()(lambda: model(**inputs))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+
+    def step():
+        model(**batch).loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def entries(d1: int, d2: int, n: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import INFER_UNDER, make_variant  # noqa: E402
+from bench.common import INFER, make_variant, step_fn  # noqa: E402
 from bench.results import write_results  # noqa: E402
 
 FAMILIES = (  # first match wins: substrings of kernel names
@@ -56,27 +56,6 @@ def run_profile(fn, steps: int) -> tuple[dict[str, tuple[int, float]], float]:
         if us and ev.device_type == torch.autograd.DeviceType.CUDA:
             kernels[ev.key] = (ev.count // steps, us / steps)
     return kernels, wall
-
-
-INFER = dict(INFER_UNDER.values())  # mode -> context: "infer" (inference_mode), "infer-no_grad"
-
-
-def step_fn(model, batch, mode: str):
-    if mode in INFER:
-        model.eval()
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return INFER[mode]()(lambda: model(**inputs))
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
-
-    def step():
-        model(**batch).loss.backward()
-        if opt is not None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main() -> None:

@@ -23,27 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import INFER_UNDER, make_variant  # noqa: E402
+from bench.common import make_variant, step_fn  # noqa: E402
 from bench.results import write_results  # noqa: E402
-
-
-def step_fn(model, batch, mode: str):
-    if mode != "train":
-        model.eval()
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        context = dict(INFER_UNDER.values())[mode]
-        return context()(lambda: model(**inputs))
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
-
-    def step():
-        model(**batch).loss.backward()
-        if opt is not None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 class GcClock:
