@@ -82,20 +82,23 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
                 "or set n_frequency_pattern for this layer")
         if adapter_name in self.merged_adapters:
             raise ValueError(f"adapter {adapter_name!r} is merged: unmerge it before replacing it")
-        sampler = sampler_for(config) or spectral_entries
-        rows, cols = sampler(d1, d2, n_frequency, config.random_loc_seed)
-        if getattr(config, "entry_sampling", "uniform") == "uniform":
-            self.fourierft_seeded_rows[adapter_name], self.fourierft_seeded_cols[adapter_name] = rows, cols
-        else:
-            self.fourierft_rows[adapter_name], self.fourierft_cols[adapter_name] = rows, cols
-        self.fourierft_n_frequency[adapter_name] = n_frequency
-        self.fourierft_scaling[adapter_name] = config.scaling
-        self.fourierft_random_loc_seed[adapter_name] = config.random_loc_seed
-        self._norm_factor[adapter_name] = norm_factor(config, d1, d2)
-        # drawn on the CPU like PEFT's, so the same torch seed gives the same initial coefficients
-        spectrum = torch.zeros(n_frequency) if config.init_weights else torch.randn(n_frequency)
-        self.fourierft_spectrum[adapter_name] = nn.Parameter(spectrum, requires_grad=True)
-        self._move_adapter_to_device_of_base_layer(adapter_name)
+        # Normal tensors even when the model is built under torch.inference_mode: the kernels' caches check the
+        # entries' version counters (fourierft.kernels._cache), which inference tensors lack
+        with torch.inference_mode(False):
+            sampler = sampler_for(config) or spectral_entries
+            rows, cols = sampler(d1, d2, n_frequency, config.random_loc_seed)
+            if getattr(config, "entry_sampling", "uniform") == "uniform":
+                self.fourierft_seeded_rows[adapter_name], self.fourierft_seeded_cols[adapter_name] = rows, cols
+            else:
+                self.fourierft_rows[adapter_name], self.fourierft_cols[adapter_name] = rows, cols
+            self.fourierft_n_frequency[adapter_name] = n_frequency
+            self.fourierft_scaling[adapter_name] = config.scaling
+            self.fourierft_random_loc_seed[adapter_name] = config.random_loc_seed
+            self._norm_factor[adapter_name] = norm_factor(config, d1, d2)
+            # drawn on the CPU like PEFT's, so the same torch seed gives the same initial coefficients
+            spectrum = torch.zeros(n_frequency) if config.init_weights else torch.randn(n_frequency)
+            self.fourierft_spectrum[adapter_name] = nn.Parameter(spectrum, requires_grad=True)
+            self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 import fourierft
 from fourierft import FourierFTConfig
 from fourierft.spectral import delta_weight, delta_weight_cos
+from helpers import build, inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fan_in_fan_out.*:UserWarning")
 
@@ -316,3 +317,23 @@ def test_a_global_module_hook_makes_the_frozen_layer_run_as_itself():
     finally:
         handle.remove()
     assert base in seen and _runs_as_plain_linear(base)
+
+
+@pytest.mark.parametrize("path", ["auto", "gemm", "lowrank", "factored"])
+def test_a_model_built_under_inference_mode_serves_every_path(path):
+    """Serving code may load the model and its adapter inside ``torch.inference_mode``: the adapters' entries are
+    still normal tensors (the kernels' caches check their version counters), and the logits are those of the same
+    model built outside it."""
+    cfg = fourierft.FourierFTConfig(n_frequency=40, scaling=50.0, target_modules="all-linear", init_weights=False)
+    torch.manual_seed(0)
+    plain = fourierft.get_peft_model(build("llama"), cfg)
+    plain.base_model.set_compute_path(path)
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        served = fourierft.get_peft_model(build("llama"), cfg)
+        served.base_model.set_compute_path(path)
+        got = served(**inputs("llama")).logits
+    layers = [m for m in served.modules() if isinstance(m, fourierft.Linear)]
+    assert layers and not any(t.is_inference() for m in layers for t in m.entries("default"))
+    with torch.no_grad():
+        assert torch.equal(got, plain(**inputs("llama")).logits)
