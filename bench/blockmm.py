@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import entries  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from fourierft.kernels import blockmm as bm  # noqa: E402
+from fourierft.kernels import cuda_timer  # noqa: E402
 from fourierft.kernels.factored_plan import make_plan  # noqa: E402
 
 
@@ -37,16 +38,12 @@ def cases(d: int, n: int, t: int, dtype):
 
 
 def timed(fn, reps: int = 50) -> float:
+    """Device ms per call: ``reps`` calls queued behind a busy-wait (:func:`fourierft.kernels.cuda_timer`), so a slow
+    host's launch gaps do not count."""
     for _ in range(5):
         fn()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
-    a.record()
-    for _ in range(reps):
-        fn()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / reps
+    return cuda_timer("blockmm", fn, reps) * 1e3
 
 
 def host_us(fn, reps: int = 50) -> float:
