@@ -82,8 +82,9 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
                 "or set n_frequency_pattern for this layer")
         if adapter_name in self.merged_adapters:
             raise ValueError(f"adapter {adapter_name!r} is merged: unmerge it before replacing it")
-        # Normal tensors even when the model is built under torch.inference_mode: the kernels' caches check the
-        # entries' version counters (fourierft.kernels._cache), which inference tensors lack
+        # Normal tensors even when the model is built under torch.inference_mode: inference tensors have no version
+        # counter, so the kernels' caches would hash the entries' contents at every call (fourierft.kernels._cache),
+        # and outside inference_mode they can be neither trained nor loaded into
         with torch.inference_mode(False):
             sampler = sampler_for(config) or spectral_entries
             rows, cols = sampler(d1, d2, n_frequency, config.random_loc_seed)
@@ -284,7 +285,7 @@ class Linear(FourierFTLayer):
         autograd afterwards)."""
         names = [] if self.disable_adapters or self.merged or adapter_names is not None or args or kwargs else [
             name for name in self.active_adapters if name in self.fourierft_spectrum]
-        base = self.get_base_layer()
+        base = self.base_layer  # get_base_layer() itself when it is a plain nn.Linear, the only base taken here
         if not names or not _runs_as_plain_linear(base):
             return super().forward(x, *args, adapter_names=adapter_names, **kwargs)
         result = adapted_linear(x, base.weight, base.bias, *self._operands(names[0]), self.out_features,
@@ -301,7 +302,7 @@ class Linear(FourierFTLayer):
     def _operands(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(spectrum, rows, cols)`` of one adapter; a clear error for coefficients never loaded (meta)."""
         spectrum = self.fourierft_spectrum[adapter]
-        if spectrum.device.type == "meta":
+        if spectrum.is_meta:
             self.get_delta_weight(adapter)  # raises the clear error
         rows, cols = self.entries(adapter)
         return spectrum, rows, cols
@@ -358,11 +359,14 @@ def _runs_as_plain_linear(base: nn.Module) -> bool:
     (accelerate's offload replaces it)."""
     if type(base) is not nn.Linear or "forward" in vars(base):
         return False
-    params = [p for p in (base.weight, base.bias) if p is not None]
-    hooks = (base._forward_hooks, base._forward_pre_hooks, base._backward_hooks, base._backward_pre_hooks,
-             _module._global_forward_hooks, _module._global_forward_pre_hooks, _module._global_backward_hooks,
-             _module._global_backward_pre_hooks)
-    return all(type(p) is nn.Parameter and not p.requires_grad for p in params) and not any(hooks)
+    # checked at every call (hooks come and go), so written as one short-circuiting expression
+    if (base._forward_hooks or base._forward_pre_hooks or base._backward_hooks or base._backward_pre_hooks
+            or _module._global_forward_hooks or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
+        return False
+    weight, bias = base.weight, base.bias
+    return (type(weight) is nn.Parameter and not weight.requires_grad
+            and (bias is None or (type(bias) is nn.Parameter and not bias.requires_grad)))
 
 
 def n_frequency_of(config, key: str, base: nn.Module, layer_cls: type[FourierFTLayer]) -> int:

@@ -160,7 +160,7 @@ def _run(path, x, spectrum, rows, cols, out_features, in_features, scaling, base
     if path == "auto":
         path = resolve_path(x, spectrum, rows, cols, out_features, in_features, scaling, training)
     if frozen is not None:
-        if training and path in _FROZEN:
+        if path in _FROZEN:  # each runs the frozen layer on x's rows, adding into that fresh output at inference
             return _FUSED[path](x, spectrum, rows, cols, out_features, in_features, scaling, frozen=frozen)
         base, consume_base = torch.nn.functional.linear(x, *frozen), True
     fusable = base is not None and base.dtype == x.dtype and base.shape[:-1] == x.shape[:-1]

@@ -4,7 +4,8 @@
   adapter holding ``rows`` / ``cols`` is freed, its entry goes too. Index tensors with equal *contents* (every layer
   of one shape gets the same entries from the same seed) share one built object through a weak-valued table, so a
   basis lives exactly as long as some adapter uses it and is built once per shape. The content key is a hash of
-  the indices, re-computed only when the tensor was written in place (``_version``) or re-pointed (``data_ptr``).
+  the indices, re-computed only when the tensor was written in place (``_version``) or re-pointed (``data_ptr``);
+  an inference tensor, which has no version counter, is hashed at every lookup.
 * **What inference derives from the coefficients** (the gemm path's dense ``dW``, the factored path's weighted
   inverse twiddles, the lowrank path's ``[c, -c]``) hangs off the spectrum tensor (weakly keyed), one entry per
   kind, and is checked on every lookup against the spectrum's ``_version`` and storage and the caller's key
@@ -30,18 +31,72 @@ from typing import TypeVar
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ._reuse import clear_reuse
 
 T = TypeVar("T")
+
+
+class ById:
+    """A table keyed by live tensors' identity whose entries go when their tensor is freed, as
+    ``torch.utils.weak.WeakIdKeyDictionary``, but a lookup makes no weak reference (0.2 against 2.3 us on the CPU;
+    every layer call looks up its plans or bases here)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[weakref.ref, object]] = {}  # id(tensor) -> (weak reference to it, value)
+
+    def get(self, key: torch.Tensor, default=None):
+        rec = self._d.get(id(key))
+        return rec[1] if rec is not None and rec[0]() is key else default
+
+    def __getitem__(self, key: torch.Tensor):
+        rec = self._d.get(id(key))
+        if rec is None or rec[0]() is not key:
+            raise KeyError(key)
+        return rec[1]
+
+    def __setitem__(self, key: torch.Tensor, value) -> None:
+        k, d = id(key), self._d
+
+        def forget(ref: weakref.ref) -> None:  # the tensor was freed: drop its entry, unless another took the id
+            rec = d.get(k)
+            if rec is not None and rec[0] is ref:
+                del d[k]
+
+        d[k] = (weakref.ref(key, forget), value)
+
+    def setdefault(self, key: torch.Tensor, default):
+        value = self.get(key, self)
+        if value is self:
+            self[key] = value = default
+        return value
+
+    def pop(self, key: torch.Tensor, default=None):
+        value = self.get(key, self)
+        if value is self:
+            return default
+        del self._d[id(key)]
+        return value
+
+    def values(self) -> list:
+        return [value for ref, value in list(self._d.values()) if ref() is not None]
+
+    def clear(self) -> None:
+        self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
 _lock = threading.RLock()
 # index tensor -> [stamp, content key, {(kind, size, dtype): built}]  (the built objects are held here, strongly)
-_by_index: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_by_index = ById()
 # (kind, content key, size, device, dtype) -> built: shared between index tensors of equal contents, weakly
 _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 # spectrum tensor -> {kind: (key tuple, value)}
-_by_spectrum: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_by_spectrum = ById()
 _generation = 0
 _hook: list = []  # the optimizer post-step hook's handle, once registered
 
@@ -75,19 +130,23 @@ def cache_sizes() -> dict[str, int]:
             "weighted": len(kinds) - kinds.count("dense")}
 
 
-def _stamp(idx: torch.Tensor) -> tuple:
-    # data_ptr too: ``buf.data = other`` swaps the storage without bumping ``_version``
-    return (idx._version, idx.data_ptr(), idx.numel(), idx.device)
+def _content(idx: torch.Tensor) -> str:
+    data = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _entry(idx: torch.Tensor) -> list:
     """The (fresh) cache entry of ``idx``: re-hashed, with its built objects dropped, when ``idx`` changed."""
-    stamp = _stamp(idx)
+    # An inference tensor (made under torch.inference_mode) has no version counter, and writes into it inside
+    # inference_mode go unrecorded: its contents are its stamp, hashed at every lookup (a copy to the host). Layers
+    # never hand such entries over (they build theirs outside inference_mode, fourierft.layer).
+    content = _content(idx) if idx.is_inference() else None
+    # data_ptr too: ``buf.data = other`` swaps the storage without bumping ``_version``
+    stamp = (idx._version if content is None else content, idx.data_ptr(), idx.numel(), idx.device)
     hit = _by_index.get(idx)
     if hit is not None and hit[0] == stamp:
         return hit
-    data = idx.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
-    hit = [stamp, hashlib.blake2b(data, digest_size=16).hexdigest(), {}]
+    hit = [stamp, content or _content(idx), {}]
     _by_index[idx] = hit
     return hit
 

@@ -23,11 +23,13 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float, base: torch.Tensor
     return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
 
 
-def summed_products(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
-    """``(a * b).sum(dim)`` for the coefficient gradients: products in the compute dtype (one rounding each,
-    unbiased), summed in fp32 (float64 for float64). fp16 is first widened: its products can over/underflow, while
-    bf16 has fp32's range."""
+def summed_products(a: torch.Tensor, b: torch.Tensor, dim: int | tuple[int, ...],
+                    shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``(a * b).sum(dim)`` for the coefficient gradients (the product first viewed as ``shape`` if given):
+    products in the compute dtype (one rounding each, unbiased), summed in fp32 (float64 for float64). fp16 is
+    first widened: its products can over/underflow, while bf16 has fp32's range."""
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
     if a.dtype == torch.float16:
         a, b = a.float(), b.float()
-    return (a * b).sum(dim, dtype=acc)
+    prod = a * b
+    return (prod if shape is None else prod.view(shape)).sum(dim, dtype=acc)

@@ -42,14 +42,15 @@ __all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "
            "weighted_inverse"]
 
 
-def analysis(x: torch.Tensor, p: Plan) -> torch.Tensor:
-    """``X[k, t] = sum_j x[t, j] w_d^{f_k j}`` for ``x`` ``(T, d)``, as ``(p.rows, T)`` in ``p``'s grouped layout."""
+def analysis(x: torch.Tensor, p: Plan, conj: bool = False) -> torch.Tensor:
+    """``X[k, t] = sum_j x[t, j] w_d^{f_k j}`` for ``x`` ``(T, d)``, as ``(p.rows, T)`` in ``p``'s grouped layout
+    (``[Re X; Im X]`` per group; ``conj``: ``[Re X; -Im X]``, the same products through ``p.inv_twiddle``)."""
     t = x.shape[0]
     # Views are taken once each, as as_strided where two would do: each is a trip through the dispatcher, and an
     # all-linear step is bound by the host (docs/benchmarks.md, step_spread)
     a = blockmm(p.dft, x)  # (T, 2G n2): stage 1 on each row's (n1, n2) block, rows (g, R/I, j2)
     a = a.as_strided((p.groups, 2 * p.n2, t), (2 * p.n2, 1, a.stride(0)))  # (G, 2 n2, T): [R; I] per group
-    return torch.bmm(p.twiddle, a).view(p.rows, t)  # stage 2: (G, 2m, T)
+    return torch.bmm(p.inv_twiddle if conj else p.twiddle, a).view(p.rows, t)  # stage 2: (G, 2m, T)
 
 
 def regroup(src: Plan, dst: Plan) -> torch.Tensor:
@@ -62,12 +63,14 @@ def regroup(src: Plan, dst: Plan) -> torch.Tensor:
     return idx
 
 
-def weighted_inverse(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
+def weighted_inverse(spectrum: torch.Tensor, p: Plan, conj: bool = False) -> torch.Tensor:
     """``p.inv_twiddle`` with the rows of frequency k times ``c_k`` (``spectrum`` ``(n,)``, any float dtype; each
     product rounded once, to the plan's dtype): ``(G, 2m, 2 n2)``, what :func:`synthesis` multiplies by. The
-    coefficients ride on this small matrix, not on the ``(rows, T)`` transform; padding rows stay zero."""
-    w = spectrum.index_select(0, p.coef)  # c_k at both rows of frequency k; some c on padding, whose rows are 0
-    return torch.mul(p.inv_twiddle, w.view(p.groups, 2 * p.m, 1), out=torch.empty_like(p.inv_twiddle))
+    coefficients ride on this small matrix, not on the ``(rows, T)`` transform; padding rows stay zero. ``conj``:
+    ``p.twiddle`` instead, for a ``z`` given as ``[Re Z; -Im Z]`` (``analysis(..., conj=True)``)."""
+    tw = p.twiddle if conj else p.inv_twiddle
+    w = torch.take(spectrum, p.coef)  # (G, 2m, 1): c_k at both rows of frequency k; some c on padding (rows 0)
+    return torch.mul(tw, w, out=torch.empty_like(tw))
 
 
 def inference_inverse(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
@@ -84,13 +87,12 @@ def synthesis(
 ) -> torch.Tensor:
     """``base + alpha Re(sum_k c_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped and the
     weighted inverse twiddles ``inv`` (:func:`weighted_inverse`; ``p.inv_twiddle`` itself for all ``c_k = 1``);
-    written into ``base`` (contiguous) itself with ``into_base``."""
+    ``base``: ``(T, d)``, written into itself (contiguous) with ``into_base``."""
     t = z.shape[1]
     z = z.contiguous()  # (rows, T); as_strided below reads it by its layout
     zg = z.as_strided((p.groups, t, 2 * p.m), (2 * p.m * t, 1, t))  # (G, T, 2m)
     b = z.new_empty(t, p.groups * 2 * p.n2)  # rows (g, R/I, i2) per token: what inv_dft's columns read
     torch.bmm(zg, inv, out=b.as_strided((p.groups, t, 2 * p.n2), (2 * p.n2, b.stride(0), 1)))  # stage 2
-    base = None if base is None else base.reshape(t, p.n1 * p.n2)
     return blockmm(p.inv_dft, b, alpha, base, out=base if into_base else None)  # stage 1: (T, n1 n2)
 
 
@@ -114,20 +116,17 @@ def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, i
     return synthesis(xu, pu, weighted_inverse(spectrum, pu), scale, base, into_base), xk  # (T, d1)
 
 
-def factored_inference(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
+def factored_inference(x, x2, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
                        fused: bool = False):
-    """:func:`factored_forward`'s ``y`` ``(T, d1)`` alone, for ``x`` ``(..., d2)``, when nothing is saved for a
-    backward: the analysis goes straight into u's grouped layout (one gather, not two through ``xk``), shared with
+    """:func:`factored_forward`'s ``y`` ``(T, d1)`` alone, for ``x`` ``(..., d2)`` (the caller's tensor, the key of
+    the reused transform) and its rows ``x2`` ``(T, d2)``, when nothing is saved for a backward: the analysis goes straight into u's grouped layout (one gather, not two through ``xk``), shared with
     the layer before that read the same ``x`` through the same plans (:func:`._reuse.reuse`: ``k_proj`` and
     ``v_proj`` take ``q_proj``'s), and pu's weighted inverse twiddles come from the inference cache."""
-    def flat():
-        return x.reshape(-1, pv.n1 * pv.n2).contiguous()  # (T, d2)
-
     if fused:
-        xk = reuse(x, pv, lambda: transform_input(flat(), pv, spectrum.shape[0], True))  # training's key and layout
+        xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], True))  # training's layout
         return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base)
     idx = regroup(pv, pu)  # one object per plan pair: the key of the reused transform
-    xu = reuse(x, idx, lambda: analysis(flat(), pv).index_select(0, idx))  # (pu.rows, T)
+    xu = reuse(x, idx, lambda: analysis(x2.contiguous(), pv).index_select(0, idx))  # (pu.rows, T)
     inv = inference_inverse(spectrum, pu)
     return synthesis(xu, pu, inv, scale, base, into_base)
 
@@ -144,42 +143,46 @@ def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x:
         if need_x:
             grad_x = factored_triton.synthesis(gk, pv, spectrum, scale, base, into_base=True)
     else:
-        gu = analysis(g, pu)  # (pu.rows, T)
+        # [Re G; -Im G]: the sign of Re(G X) = Gr Xr - Gi Xi rides on the twiddles, so grad_c is one sum of products
+        gu = analysis(g, pu, conj=True)  # (pu.rows, T)
         if need_x:
             gv = gu.index_select(0, regroup(pu, pv))
-            grad_x = synthesis(gv, pv, weighted_inverse(spectrum, pv), scale, base, into_base=True)
+            grad_x = synthesis(gv, pv, weighted_inverse(spectrum, pv, conj=True), scale, base, into_base=True)
         gk = gu.index_select(0, pu.row) if need_c else None
     if need_c:
-        r = summed_products(gk, xk, 1)  # (2n,): over the T rows
-        n = spectrum.shape[0]
-        grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)  # Re(G X) = Gr Xr - Gi Xi
+        n, t = spectrum.shape[0], xk.shape[1]
+        if fused:  # gk = [Re G; Im G]
+            r = summed_products(gk, xk, 1)  # (2n,): over the T rows
+            grad_c = ((r[:n] - r[n:]) * scale).to(spectrum.dtype)
+        else:  # over the T rows and both halves
+            grad_c = (summed_products(gk, xk, (0, 2), (2, n, t)) * scale).to(spectrum.dtype)
     return grad_x, grad_c
 
 
 class FactoredSpectralLinear(torch.autograd.Function):
     """``y = base + x @ dW.T`` through the factored DFT. ``x``: ``(T, d2)`` (its gradient's way in; its values are
-    read once, into ``xk`` ``(2n, T)``, :func:`transform_input`); plans for (u, d1) and (v, d2). With the frozen
-    ``weight`` ``(d1, d2)`` (and ``bias``) instead of ``base``, ``y = x @ (W + dW).T + bias``, the frozen layer run
-    here."""
+    read once, into ``xk`` ``(2n, T)``, :func:`transform_input`); ``how``: ``(pu, pv, scale, into_base, fused)``,
+    the plans for (u, d1) and (v, d2) and the rest of :func:`factored_forward`'s arguments, in one tuple (every
+    argument costs ``apply`` host time). With the frozen ``weight`` ``(d1, d2)`` (and ``bias``) instead of ``base``,
+    ``y = x @ (W + dW).T + bias``, the frozen layer run here."""
 
     @staticmethod
-    def forward(ctx, x, xk, spectrum, pu, pv, scale, base=None, into_base=False, fused=False, weight=None,
-                bias=None):  # noqa: D102
+    def forward(ctx, x, xk, spectrum, base, weight, bias, how):  # noqa: D102
+        pu, pv, scale, into_base, fused = how
         if weight is not None:
             base, into_base = torch.nn.functional.linear(x, weight, bias), True
         y, _ = factored_forward(x, spectrum, pu, pv, scale, base, into_base, fused, xk)
         ctx.save_for_backward(xk, spectrum, weight)
-        ctx.plans, ctx.scale, ctx.fused = (pu, pv), scale, fused
+        ctx.how = how
         return y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         xk, spectrum, weight = ctx.saved_tensors
-        need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        grad_x, grad_c = factored_backward(g, xk, spectrum, *ctx.plans, ctx.scale, need_x, need_c, ctx.fused,
-                                           weight)
-        grad_base = g if ctx.needs_input_grad[6] else None
-        return grad_x, None, grad_c, None, None, None, grad_base, None, None, None, None
+        pu, pv, scale, _, fused = ctx.how
+        need = ctx.needs_input_grad
+        grad_x, grad_c = factored_backward(g, xk, spectrum, pu, pv, scale, need[0], need[2], fused, weight)
+        return grad_x, None, grad_c, (g if need[3] else None), None, None, None
 
 
 def factored_linear(
@@ -206,15 +209,16 @@ def factored_linear(
     scale = scaling / (out_features * in_features)
     x2 = x.reshape(-1, in_features)
     b2 = None if base is None else base.reshape(-1, out_features)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
+    if not (torch.is_grad_enabled()
+            and (x.requires_grad or spectrum.requires_grad or (base is not None and base.requires_grad))):
         if frozen is not None:
             b2, into_base = torch.nn.functional.linear(x2, *frozen), True
-        y = factored_inference(x, spectrum, pu, pv, scale, b2, into_base, fused)
+        y = factored_inference(x, x2, spectrum, pu, pv, scale, b2, into_base, fused)
     else:
         # the layer before with the same input and column entries (q, k, v) already transformed it: see _reuse
         xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], fused))
-        y = FactoredSpectralLinear.apply(x2, xk, spectrum, pu, pv, scale, b2, into_base, fused,
-                                         *(frozen or (None, None)))
+        weight, bias = frozen or (None, None)
+        y = FactoredSpectralLinear.apply(x2, xk, spectrum, b2, weight, bias, (pu, pv, scale, into_base, fused))
     return y.reshape(*x.shape[:-1], out_features)
 
 

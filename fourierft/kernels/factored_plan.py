@@ -41,7 +41,8 @@ class Plan:
     row: torch.Tensor  # (2n,) int64
     compact: torch.Tensor  # (rows,) int32: the row of ``[Re X_k; Im X_k]`` each grouped row holds, -1 on padding
     take: torch.Tensor  # (rows,) int64: ``compact`` with padding reading row 0 (weighted 0), for gathers
-    coef: torch.Tensor  # (rows,) int64: the entry k of each grouped row (padding: 0; its inv_twiddle rows are 0)
+    coef: torch.Tensor  # (groups, 2m, 1) int64: the entry k of each grouped row (padding: 0; its inv_twiddle
+    # rows are 0), shaped as the rows of ``inv_twiddle`` so that one ``take`` lays the coefficients on them
     moves: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)  # regroup's
 
     @property
@@ -147,7 +148,8 @@ def make_plan(idx: torch.Tensor, d: int, dtype: torch.dtype, half: bool = True) 
     compact[row] = torch.arange(2 * n, dtype=torch.int32, device=dev)
     cast = lambda t: t.to(dtype).contiguous()  # noqa: E731
     take = compact.clamp(min=0).to(torch.int64)
-    return Plan(n1, n2, groups, m, cast(dft), cast(tw), cast(inv), cast(inv_dft), row, compact, take, take % n)
+    coef = (take % n).view(groups, 2 * m, 1)
+    return Plan(n1, n2, groups, m, cast(dft), cast(tw), cast(inv), cast(inv_dft), row, compact, take, coef)
 
 
 def _make_full_plan(idx: torch.Tensor, d: int, dtype: torch.dtype) -> Plan:

@@ -105,7 +105,8 @@ def lowrank_linear(
     x2 = x.reshape(-1, in_features)
     q = reuse(x, bv, lambda: x2 @ bv)  # shared with the layer before on the same input and entries: see _reuse
     b2 = None if base is None else base.reshape(-1, out_features)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, spectrum, base))):
+    if not (torch.is_grad_enabled()
+            and (x.requires_grad or spectrum.requires_grad or (base is not None and base.requires_grad))):
         if frozen is not None:
             b2, into_base = torch.nn.functional.linear(x2, *frozen), True
         # inference: [c, -c] is built once per version of the coefficients, not at every call (two launches)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -163,3 +164,46 @@ def test_inference_tables_follow_entries_rewritten_in_place(path):
         rows.copy_(rows2), cols.copy_(cols2)
         y = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
     assert rel(y, want(spectrum, rows2, cols2, x)) < 1e-5
+
+
+@pytest.mark.parametrize("path", ["gemm", "lowrank", "factored"])
+def test_entries_made_under_inference_mode(path):
+    """Entries that are inference tensors (no version counter) are keyed by their contents: they serve inference and
+    a training step after it, and a write into them inside ``inference_mode`` (which no counter records) is seen.
+    (gemm's backward saves the entries themselves, which torch refuses for inference tensors, with its own advice.)"""
+    clear_caches()
+    spectrum, rows, cols, x = adapter()
+    with torch.inference_mode():
+        rows, cols = rows.clone(), cols.clone()
+        assert rows.is_inference()
+        y = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+        assert rel(y, want(spectrum, rows, cols, x)) < 1e-5
+        rows2, cols2 = make_entries(D1, D2, N, seed=5)
+        rows.copy_(rows2), cols.copy_(cols2)
+        y = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+    assert rel(y, want(spectrum, rows2, cols2, x)) < 1e-5
+    if path == "gemm":
+        return
+    x = x.clone().requires_grad_()
+    y = spectral_linear(x, spectrum, rows, cols, D1, D2, 150.0, path=path)
+    y.square().sum().backward()
+    assert rel(y, want(spectrum, rows2, cols2, x)) < 1e-5
+    assert spectrum.grad is not None and x.grad is not None
+
+
+def test_by_id_table_keys_by_identity_and_forgets_freed_tensors():
+    table = _cache.ById()
+    a, b = torch.zeros(2), torch.zeros(2)  # equal values, two tensors
+    table[a] = 1
+    assert table.get(b) is None and table.get(a) == 1 and table[a] == 1
+    with pytest.raises(KeyError):
+        table[b]
+    assert table.setdefault(b, {}) == {} and table.setdefault(b, None) == {} and len(table) == 2
+    assert table.pop(a) == 1 and table.get(a) is None and table.pop(a, "gone") == "gone"
+    table[a] = 3
+    del a
+    gc.collect()
+    assert len(table) == 1 and table.values() == [{}]
+    c = torch.zeros(1)
+    table._d[id(c)] = (weakref.ref(torch.zeros(1)), "stale")  # a freed tensor's entry under c's id
+    assert table.get(c) is None
