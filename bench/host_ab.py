@@ -5,8 +5,10 @@
 ``bench/host_cost.py`` measures the library it is run from, one variant after the other; two versions then meet
 only across processes, which on a shared machine differ by more than a change's worth. Here the other checkout's
 package is loaded beside this one (as ``fourierft_other``), each builds its own ``Linear`` layer over the same
-frozen ``nn.Linear`` (the layers themselves, not through ``get_peft_model``: both packages would register with the
-same PEFT tables), and the variants are timed in interleaved rounds, so a neighbour's load hits all of them alike.
+frozen ``nn.Linear`` (the layers themselves, not through ``get_peft_model``: both packages register with the same
+PEFT tables), and the variants are timed in interleaved rounds, so a neighbour's load hits all of them alike. Both
+packages also register the same ``torch.library`` custom ops (what ``torch.compile`` runs), the later one's
+replacing the first's: run it as a process of its own, not inside another program.
 The frozen layer alone (``floor``) and PEFT's LoRA layer (r = 16) are timed in the same rounds.
 
 With so little work per call (a few tokens) the device waits on the host, so a call's time is the host's. On CUDA
@@ -57,14 +59,8 @@ def layer(kind: str, package, frozen: nn.Linear, n: int, path: str) -> nn.Module
         from peft.tuners.lora import Linear as LoraLinear
 
         return LoraLinear(frozen, "default", config=LoraConfig(r=16, lora_alpha=32), r=16, lora_alpha=32)
-    registry = importlib.import_module(package.__name__ + ".registry")
-    was_registered = registry.is_registered()
-    try:
-        config = package.FourierFTConfig(n_frequency=n, scaling=300.0, target_modules=["proj"])
-        adapted = importlib.import_module(package.__name__ + ".layer").Linear(frozen, "default", config, n)
-    finally:  # building a config registers its package with PEFT's tables: put back whatever was there
-        if not was_registered:
-            registry.unregister()
+    config = package.FourierFTConfig(n_frequency=n, scaling=300.0, target_modules=["proj"])
+    adapted = importlib.import_module(package.__name__ + ".layer").Linear(frozen, "default", config, n)
     adapted.set_compute_path(path)
     return adapted
 

@@ -119,9 +119,10 @@ def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, i
 def factored_inference(x, x2, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
                        fused: bool = False):
     """:func:`factored_forward`'s ``y`` ``(T, d1)`` alone, for ``x`` ``(..., d2)`` (the caller's tensor, the key of
-    the reused transform) and its rows ``x2`` ``(T, d2)``, when nothing is saved for a backward: the analysis goes straight into u's grouped layout (one gather, not two through ``xk``), shared with
-    the layer before that read the same ``x`` through the same plans (:func:`._reuse.reuse`: ``k_proj`` and
-    ``v_proj`` take ``q_proj``'s), and pu's weighted inverse twiddles come from the inference cache."""
+    the reused transform) and its rows ``x2`` ``(T, d2)``, when nothing is saved for a backward: the analysis goes
+    straight into u's grouped layout (one gather, not two through ``xk``), shared with the layer before that read
+    the same ``x`` through the same plans (:func:`._reuse.reuse`: ``k_proj`` and ``v_proj`` take ``q_proj``'s),
+    and pu's weighted inverse twiddles come from the inference cache."""
     if fused:
         xk = reuse(x, pv, lambda: transform_input(x2.contiguous(), pv, spectrum.shape[0], True))  # training's layout
         return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base)

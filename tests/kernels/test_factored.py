@@ -60,6 +60,14 @@ def test_analysis_and_synthesis_match_the_sums(case, half, forced_split):
     want = base + 0.5 * 2.0 * (z[:n].T @ cos - z[n:].T @ sin)  # Re sum_k Z_k e^{+2 pi i f_k i / d}
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
+    # conjugated: [Re X; -Im X] out of the analysis, and a synthesis that reads its z that way
+    torch.testing.assert_close(analysis(x, p, conj=True)[p.row], torch.cat([cos @ x.T, -sin @ x.T]),
+                               rtol=1e-12, atol=1e-12)
+    zc = torch.zeros(p.rows, 3, dtype=torch.float64).index_put_((p.row,), torch.cat([z[:n], -z[n:]]))
+    coef = torch.full((n,), 2.0, dtype=torch.float64)
+    torch.testing.assert_close(synthesis(zc, p, weighted_inverse(coef, p, conj=True), 0.5, base), want,
+                               rtol=1e-12, atol=1e-12)
+
 
 def test_padding_rows_are_zero_and_ignored(monkeypatch):
     monkeypatch.setattr(factored_plan, "split_cost", lambda d, n, *_: (6, 0.0))
