@@ -1,13 +1,17 @@
-"""Throughput of mixed-adapter batches against serving one adapter at a time.
+"""Throughput of mixed-adapter batches: fourierft against PEFT LoRA's own mixed batch and the frozen model.
 
-A LLaMA-shaped model (random weights) with ``--adapters`` FourierFT adapters on q_proj/v_proj. One batch of ``--rows``
-rows is split round-robin over K distinct adapters (K = 1, 8, 64 by default) and run two ways, forward only:
+``--level model`` (the default): a LLaMA-shaped model (random weights, bf16 on CUDA) with K adapters on
+q_proj/v_proj, fourierft's and, beside it, PEFT LoRA r=16's on an identical copy. One batch of ``--rows`` rows is
+split round-robin over K distinct adapters (``--counts``, default 1 8 64) and run, forward only:
 
-* ``mixed``: one call, ``model(input_ids, adapter_names=[...])`` (base layers once, each adapter on its own rows);
-* ``one-at-a-time``: K calls, ``set_adapter(name)`` then the rows of that adapter.
+* ``base``           the frozen model (``disable_adapter()``), the floor;
+* ``ours-mixed``     ``model(input_ids, adapter_names=[...])``: base layers once, adapters that share their entries
+                     (``--shared``: one ``random_loc_seed``, PEFT's default) in one call;
+* ``ours-serial``    K calls, ``set_adapter(name)`` then that adapter's rows (prefill only);
+* ``peft-lora-mixed`` PEFT LoRA's ``model(input_ids, adapter_names=[...])``.
 
-Prints rows/s (median of ``--repeats``) as a Markdown table, with the machine. Run:
-``python bench/mixed_batch.py [--device cuda] [--hidden 512] [--rows 64] [--seq 64]``.
+``--generate T`` times ``generate(..., adapter_names=[...], max_new_tokens=T)`` instead (greedy, KV cache: one
+prefill of ``--seq`` tokens, then T - 1 one-token steps), the way a server decodes a mixed batch.
 
 ``--level layer`` times one adapted layer instead (no model code): a frozen ``d x d`` linear plus K adapters that
 share their entries (one seed), on a batch of ``--rows`` rows x ``--seq`` tokens (``--seq 1``: one decoding step):
@@ -17,7 +21,9 @@ share their entries (one seed), on a batch of ``--rows`` rows x ``--seq`` tokens
 * ``ours-grouped``   base + one :func:`fourierft.kernels.spectral_linear` per adapter on its rows (scatter back);
 * ``peft-lora-mixed`` PEFT LoRA r=16 with K adapters, ``adapter_names=`` (PEFT's own mixed-batch forward).
 
-Rows go to ``bench/results/mixed_batch-<UTC>.json`` (``bench/results.py``).
+Prints a Markdown table with the machine; rows go to ``bench/results/mixed_batch-<UTC>.json``
+(``bench/results.py``). Run: ``python bench/mixed_batch.py [--device cuda] [--hidden 4096] [--shared]
+[--rows 64] [--seq 256] [--counts 1 32] [--generate 16]``.
 """
 
 from __future__ import annotations
@@ -37,17 +43,28 @@ import fourierft  # noqa: E402
 from bench.results import write_results  # noqa: E402
 
 
-def build(args) -> fourierft.PeftModel:
+def build(args, method: str):
+    """The LLaMA-shaped model (seed 0, so every call builds the same weights) with ``max(counts)`` adapters
+    ``a0, a1, ...`` on q_proj/v_proj: fourierft's (``method="fourierft"``) or PEFT LoRA r=16's (``"lora"``)."""
+    import peft
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
                       num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=8,
-                      max_position_embeddings=max(128, args.seq))
-    model = LlamaForCausalLM(cfg).to(args.device).eval()
-    config = lambda i: fourierft.FourierFTConfig(target_modules=["q_proj", "v_proj"], n_frequency=args.n,
-                                                 random_loc_seed=777 if args.shared else i)
-    peft_model = fourierft.get_peft_model(model, config(0), adapter_name="a0")
+                      max_position_embeddings=max(128, args.seq + args.generate), pad_token_id=0)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model = LlamaForCausalLM(cfg).to(args.device, dtype).eval()
+    targets = ["q_proj", "v_proj"]
+    if method == "fourierft":
+        config = lambda i: fourierft.FourierFTConfig(target_modules=targets, n_frequency=args.n, task_type="CAUSAL_LM",
+                                                     random_loc_seed=777 if args.shared else i)
+        wrap = fourierft.get_peft_model
+    else:  # LoRA's B starts at zero; init_lora_weights=False makes every adapter's output differ, as after training
+        config = lambda i: peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets, task_type="CAUSAL_LM",
+                                           init_lora_weights=False)
+        wrap = peft.get_peft_model
+    peft_model = wrap(model, config(0), adapter_name="a0")
     for i in range(1, max(args.counts)):
         peft_model.add_adapter(f"a{i}", config(i))
     return peft_model.eval()
@@ -132,6 +149,58 @@ def layer_level(args) -> list[dict]:
     return out
 
 
+def model_level(args) -> list[dict]:
+    """Whole-model timings of a mixed batch (see the module docstring); returns the result rows."""
+    ours, lora = build(args, "fourierft"), build(args, "lora")
+    ids = torch.randint(0, 1000, (args.rows, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
+    mode = f"generate {args.generate}" if args.generate else "prefill"
+    machine = (torch.cuda.get_device_name() if args.device == "cuda"
+               else f"{cpu_name()}, {torch.get_num_threads()} threads")
+    print(f"machine: {machine}; torch {torch.__version__}; LLaMA-shaped hidden {args.hidden}, {args.layers} layers, "
+          f"q/v adapters (fourierft n={args.n}, {'shared' if args.shared else 'distinct'} entries; LoRA r=16); "
+          f"batch {args.rows} x {args.seq} tokens; {mode}; median of {args.repeats}\n")
+
+    def run(model, **names):
+        if args.generate:  # greedy, exactly --generate new tokens
+            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.generate,
+                                  min_new_tokens=args.generate, do_sample=False, **names)
+        return model(input_ids=ids, **names)
+
+    def frozen():
+        with ours.disable_adapter():
+            run(ours)
+
+    print("| K | base ms | ours-mixed ms | ours-serial ms | peft-lora-mixed ms | ours x base | ours K / ours K=1 | "
+          "LoRA / ours |\n|---|---|---|---|---|---|---|---|")
+    records, first = [], None
+    with torch.no_grad():
+        base = timed(frozen, args.repeats, args.device)
+        for k in args.counts:
+            names = [f"a{i % k}" for i in range(args.rows)]
+            groups = {f"a{j}": [i for i, n in enumerate(names) if n == f"a{j}"] for j in range(k)}
+            mixed = timed(lambda: run(ours, adapter_names=names), args.repeats, args.device)
+            lora_mixed = timed(lambda: run(lora, adapter_names=names), args.repeats, args.device)
+            serial = None
+            if not args.generate:
+                def one_at_a_time():
+                    for name, idx in groups.items():
+                        ours.set_adapter(name)
+                        ours(input_ids=ids[idx])
+
+                serial = timed(one_at_a_time, args.repeats, args.device)
+            first = first or mixed
+            print(f"| {k} | {base * 1e3:.2f} | {mixed * 1e3:.2f} | "
+                  f"{'-' if serial is None else f'{serial * 1e3:.2f}'} | {lora_mixed * 1e3:.2f} | {mixed / base:.2f} | "
+                  f"{mixed / first:.2f} | {lora_mixed / mixed:.2f} |", flush=True)
+            records.append({"level": "model", "mode": mode, "hidden": args.hidden, "layers": args.layers,
+                            "n": args.n, "rows": args.rows, "seq": args.seq, "shared_entries": args.shared, "k": k,
+                            "base_ms": base * 1e3, "ours_mixed_ms": mixed * 1e3,
+                            "ours_serial_ms": None if serial is None else serial * 1e3,
+                            "peft_lora_mixed_ms": lora_mixed * 1e3, "mixed_x_base": mixed / base,
+                            "mixed_over_k1": mixed / first, "lora_over_ours_mixed": lora_mixed / mixed})
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--level", choices=["model", "layer"], default="model")
@@ -146,6 +215,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--generate", type=int, default=0,
+                        help="model level: time generate() of this many new tokens instead of one forward")
     args = parser.parse_args()
     if args.level == "layer":
         print(f"machine: {torch.cuda.get_device_name() if args.device == 'cuda' else cpu_name()}; torch "
@@ -154,33 +225,7 @@ def main() -> None:
         print(f"results: {write_results('mixed_batch', layer_level(args), out=args.results)}")
         return
 
-    peft_model = build(args)
-    ids = torch.randint(0, 1000, (args.rows, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
-    threads = torch.get_num_threads()
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {threads} threads"
-    print(f"machine: {machine}; torch {torch.__version__}; LLaMA-shaped hidden {args.hidden}, {args.layers} layers, "
-          f"q/v adapters n={args.n}; batch {args.rows} x {args.seq} tokens; forward, median of {args.repeats}\n")
-    print("| distinct adapters | mixed batch rows/s | one adapter at a time rows/s | speed-up |")
-    print("|---|---|---|---|")
-    records = []
-    with torch.no_grad():
-        for k in args.counts:
-            names = [f"a{i % k}" for i in range(args.rows)]
-            groups = {f"a{j}": [i for i, n in enumerate(names) if n == f"a{j}"] for j in range(k)}
-            mixed = timed(lambda: peft_model(input_ids=ids, adapter_names=names), args.repeats, args.device)
-
-            def one_at_a_time():
-                for name, idx in groups.items():
-                    peft_model.set_adapter(name)
-                    peft_model(input_ids=ids[idx])
-
-            serial = timed(one_at_a_time, args.repeats, args.device)
-            print(f"| {k} | {args.rows / mixed:.1f} | {args.rows / serial:.1f} | {serial / mixed:.2f}x |")
-            records.append({"level": "model", "hidden": args.hidden, "n": args.n, "rows": args.rows, "seq": args.seq,
-                            "shared_entries": args.shared, "k": k, "mixed_rows_per_s": args.rows / mixed,
-                            "serial_rows_per_s": args.rows / serial,
-                            "speedup": serial / mixed})
-    print(f"results: {write_results('mixed_batch', records, out=args.results)}")
+    print(f"results: {write_results('mixed_batch', model_level(args), out=args.results)}")
 
 
 if __name__ == "__main__":

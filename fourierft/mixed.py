@@ -19,9 +19,10 @@ Linear layers send adapters that share their entries (PEFT's default: every adap
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 from torch import nn
@@ -44,12 +45,29 @@ def expand_names(names: Sequence[str], rows: int) -> list[str]:
     return [n for n in names for _ in range(k)]
 
 
+def device_tensor(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` as a tensor on ``device``, made once per distinct tuple and shared by every layer and call
+    (decoding steps and a model's layers repeat the same names): a blocking host-to-device copy waits for the
+    device, and that wait, once per layer and call, left the GPU idle between a mixed batch's layers. Callers only
+    read it."""
+    if torch.compiler.is_compiling():  # a constant of the graph
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _device_tensor(values, dtype, device)
+
+
+@lru_cache(maxsize=64)
+def _device_tensor(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor: index_add may save it for a backward
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 def row_groups(names: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """``{name: (rows,) int64 row indices}``, in order of first appearance."""
+    """``{name: (rows,) int64 row indices}``, in order of first appearance (read-only tensors, see
+    :func:`device_tensor`)."""
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         rows.setdefault(name, []).append(i)
-    return {name: torch.tensor(idx, dtype=torch.int64, device=device) for name, idx in rows.items()}
+    return {name: device_tensor(tuple(idx), torch.int64, device) for name, idx in rows.items()}
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -113,25 +131,49 @@ def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], module
             handle.remove()
 
 
+class _EntryClasses:
+    """Which of one layer's adapters have equal entries: a class per distinct ``(rows, cols)``, its members looked
+    up by tensor identity and version counter, so a mixed batch compares entries once per change of an adapter's
+    entries, not at every call (on CUDA each ``torch.equal`` waits for the device: 62 waits per layer and call at
+    K = 32). The classes hold private CPU copies, never written."""
+
+    def __init__(self) -> None:
+        self.classes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.member: dict[str, tuple[torch.Tensor, torch.Tensor, int, int, int]] = {}
+
+    def of(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> int:
+        tracked = not (rows.is_inference() or cols.is_inference())  # inference tensors have no version counter
+        seen = self.member.get(name)
+        if tracked and seen is not None and seen[0] is rows and seen[1] is cols \
+                and (seen[2], seen[3]) == (rows._version, cols._version):
+            return seen[4]
+        r, c = rows.cpu(), cols.cpu()
+        for i, (r0, c0) in enumerate(self.classes):
+            if r0.shape == r.shape and torch.equal(r0, r) and torch.equal(c0, c):
+                break
+        else:
+            i = len(self.classes)
+            self.classes.append((r.clone(), c.clone()))
+        if tracked:
+            self.member[name] = (rows, cols, rows._version, cols._version, i)
+        return i
+
+
+_entry_classes: weakref.WeakKeyDictionary[nn.Module, _EntryClasses] = weakref.WeakKeyDictionary()
+
+
 def shared_entry_groups(layer, names: Sequence[str]) -> list[list[str]]:
     """The adapters named in ``names`` that ``layer`` holds, grouped by identical entries (same rows and cols,
     same spectrum dtype and device); only groups of two or more, in order of first appearance."""
-    groups: list[list[str]] = []
+    classes = _entry_classes.setdefault(layer, _EntryClasses())
+    groups: dict[tuple, list[str]] = {}
     for name in dict.fromkeys(names):
         if name == BASE or name not in layer.fourierft_spectrum:
             continue
-        rows, cols = layer.entries(name)
         spectrum = layer.fourierft_spectrum[name]
-        for group in groups:
-            rows0, cols0 = layer.entries(group[0])
-            first = layer.fourierft_spectrum[group[0]]
-            if (first.dtype, first.device) == (spectrum.dtype, spectrum.device) and rows0.shape == rows.shape \
-                    and torch.equal(rows0, rows) and torch.equal(cols0, cols):
-                group.append(name)
-                break
-        else:
-            groups.append([name])
-    return [group for group in groups if len(group) > 1]
+        key = (classes.of(name, *layer.entries(name)), spectrum.dtype, spectrum.device)
+        groups.setdefault(key, []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def shared_entries_delta(layer, x: torch.Tensor, names: Sequence[str], group: Sequence[str]) -> torch.Tensor:
@@ -141,11 +183,13 @@ def shared_entries_delta(layer, x: torch.Tensor, names: Sequence[str], group: Se
         if layer.fourierft_spectrum[name].device.type == "meta":
             layer.get_delta_weight(name)  # raises the clear error
     index = {name: i for i, name in enumerate(group)}
-    row_adapter = torch.tensor([index.get(n, -1) for n in names], dtype=torch.int64, device=x.device)
+    row_adapter = device_tensor(tuple(index.get(n, -1) for n in names), torch.int64, x.device)
     spectra = torch.stack([layer.fourierft_spectrum[name] for name in group])  # (K, n)
     rows, cols = layer.entries(group[0])
     path = layer.compute_path if layer.compute_path in MIXED_PATHS else "auto"
     if path == "factored" and torch.is_grad_enabled():  # the factored mixed form has no backward
         path = "auto"
+    scalings = device_tensor(tuple(layer.scaling(name) for name in group), torch.float64, spectra.device)
     return spectral_linear_mixed(x, spectra, row_adapter, rows, cols, layer.out_features, layer.in_features,
-                                 [layer.scaling(name) for name in group], path=path)
+                                 scalings, path=path)
+

@@ -121,6 +121,45 @@ def test_shared_entries_use_the_mixed_kernel_and_distinct_entries_do_not(monkeyp
     assert calls == []  # every adapter has its own entries: nothing to share
 
 
+def test_entries_are_compared_once_and_a_change_to_them_is_seen(monkeypatch):
+    """Which adapters share entries is remembered per layer (on CUDA each comparison waits for the device): a
+    second call compares nothing; an in-place write into one adapter's entries is seen at the next call."""
+    targets = ["q_proj", "v_proj", "down_proj"]
+    names = ["a", "c", BASE, "b", "a", "b"]
+    ids, mask = batch(len(names))
+    shared = make("llama", targets, adapters=SHARED)
+    check_rows(shared, "llama", names, ids, mask)
+    compared = []
+    real_equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    check_rows(shared, "llama", names, ids, mask)
+    assert compared == []
+    layer = next(m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer))
+    rows = layer.fourierft_seeded_rows["b"]
+    rows[0] = (rows[0] + 1) % layer.out_features  # b's entries now differ from a's on this layer
+    assert not real_equal(rows, layer.fourierft_seeded_rows["a"])
+    calls = []
+    real = fourierft.mixed.spectral_linear_mixed
+    monkeypatch.setattr(fourierft.mixed, "spectral_linear_mixed",
+                        lambda *args, **kwargs: calls.append(args[1].shape[0]) or real(*args, **kwargs))
+    check_rows(shared, "llama", names, ids, mask)  # b's rows follow b's new entries
+    layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
+    assert len(calls) == len(layers) - 1  # this layer row-groups a and b now
+
+
+def test_index_tensors_made_under_inference_mode_serve_a_later_backward():
+    """The row-index tensors a mixed batch makes once are normal tensors, also when first made under
+    ``inference_mode``: an eval-mode model with gradients on saves them for its backward."""
+    peft_model = make("llama", ["q_proj", "v_proj"])
+    names = ["a", "b", BASE, "c"]
+    ids, mask = batch(len(names))
+    with torch.inference_mode():
+        peft_model(input_ids=ids, attention_mask=mask, adapter_names=names)
+    peft_model(input_ids=ids, attention_mask=mask, adapter_names=names).logits.square().sum().backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if n.endswith("fourierft_spectrum.a")]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)  # a: the trainable adapter
+
+
 def test_shared_entries_kernel_on_one_layer_against_float64():
     """One layer, a flattened (tokens, features) input: each row gets x @ dW_a.T of its own adapter."""
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +97,25 @@ def test_host_ab_refuses_a_folder_without_fourierft(tmp_path):
 
     with pytest.raises(SystemExit, match="no fourierft/__init__.py"):
         host_ab.load_other(tmp_path)
+
+
+@pytest.mark.parametrize("generate", [0, 3], ids=["prefill", "generate"])
+def test_mixed_batch_model_level_times_ours_beside_lora_and_the_frozen_model(tmp_path, monkeypatch, capsys,
+                                                                             generate):
+    from bench import mixed_batch
+
+    out = tmp_path / "mixed_batch.json"
+    argv = ["mixed_batch.py", "--hidden", "32", "--layers", "1", "--n", "16", "--rows", "4", "--seq", "3",
+            "--counts", "1", "2", "--repeats", "1", "--shared", "--generate", str(generate), "--results", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    mixed_batch.main()
+    assert "| 2 |" in capsys.readouterr().out
+    rows = results.load_results(out)["rows"]
+    assert [(r["k"], r["mode"]) for r in rows] == [(k, f"generate {generate}" if generate else "prefill")
+                                                   for k in (1, 2)]
+    for r in rows:
+        assert r["base_ms"] > 0 and r["peft_lora_mixed_ms"] > 0 and r["shared_entries"] is True
+        assert r["mixed_x_base"] == r["ours_mixed_ms"] / r["base_ms"]
+        assert r["lora_over_ours_mixed"] == r["peft_lora_mixed_ms"] / r["ours_mixed_ms"]
+        assert (r["ours_serial_ms"] is None) == bool(generate)  # one adapter at a time: prefill only
+    assert rows[0]["mixed_over_k1"] == 1.0
