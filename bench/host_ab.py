@@ -14,7 +14,9 @@ The frozen layer alone (``floor``) and PEFT's LoRA layer (r = 16) are timed in t
 With so little work per call (a few tokens) the device waits on the host, so a call's time is the host's. On CUDA
 that is wall time over ``--calls`` back-to-back calls and one synchronisation (the backward runs on autograd's
 device thread); on the CPU it is the calling thread's own CPU time (the backward runs on it), which leaves out
-what other processes take of the core. ``train``: forward and backward; ``infer``: forward under ``no_grad``.
+what other processes take of the core. ``train``: forward and backward; ``infer``: forward under ``no_grad``;
+``mixed``: a mixed-adapter batch under ``no_grad``, ``--adapters`` K adapters (fourierft's sharing their entries)
+on 2K rows, ``layer(x, adapter_names=[...])`` (the frozen layer: its plain forward on those rows).
 Rows go to ``bench/results/host_ab-<UTC>.json``.
 """
 
@@ -50,24 +52,42 @@ def load_other(path: Path):
     return module
 
 
-def layer(kind: str, package, frozen: nn.Linear, n: int, path: str) -> nn.Module:
-    """``floor`` (the frozen layer), ``peft-lora`` or fourierft's ``Linear`` from ``package`` on ``path``."""
+def adapter_names(adapters: int) -> list[str]:
+    """The layer's adapters: ``default`` (the one it is built with), then ``a1, a2, ...``."""
+    return ["default"] + [f"a{i}" for i in range(1, adapters)]
+
+
+def layer(kind: str, package, frozen: nn.Linear, n: int, path: str, adapters: int = 1) -> nn.Module:
+    """``floor`` (the frozen layer), ``peft-lora`` or fourierft's ``Linear`` from ``package`` on ``path``, with
+    ``adapters`` adapters (:func:`adapter_names`; fourierft's share their entries: one seed)."""
     if kind == "floor":
         return frozen
     if kind == "peft-lora":
         from peft import LoraConfig
         from peft.tuners.lora import Linear as LoraLinear
 
-        return LoraLinear(frozen, "default", config=LoraConfig(r=16, lora_alpha=32), r=16, lora_alpha=32)
+        config = LoraConfig(r=16, lora_alpha=32)
+        module = LoraLinear(frozen, "default", config=config, r=16, lora_alpha=32)
+        for name in adapter_names(adapters)[1:]:
+            module.update_layer(name, 16, 32, config=config)
+        return module
     config = package.FourierFTConfig(n_frequency=n, scaling=300.0, target_modules=["proj"])
     adapted = importlib.import_module(package.__name__ + ".layer").Linear(frozen, "default", config, n)
+    for name in adapter_names(adapters)[1:]:
+        adapted.update_layer(name, n, config)
     adapted.set_compute_path(path)
     return adapted
 
 
-def call_fn(module: nn.Module, x: torch.Tensor, g: torch.Tensor, mode: str) -> Callable[[], None]:
+def call_fn(module: nn.Module, x: torch.Tensor, g: torch.Tensor, mode: str, names: list[str]) -> Callable[[], None]:
     if mode == "train":
         return lambda: module(x).backward(g)
+    if mode == "mixed" and not isinstance(module, nn.Linear):  # the frozen layer takes no adapter_names
+        def mixed() -> None:
+            with torch.no_grad():
+                module(x, adapter_names=names)
+
+        return mixed
 
     def infer() -> None:
         with torch.no_grad():
@@ -97,7 +117,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--paths", default="factored", help="fourierft compute paths to time, comma-separated")
-    ap.add_argument("--modes", default="train,infer")
+    ap.add_argument("--modes", default="train,infer", help="train, infer, mixed (a mixed-adapter batch)")
+    ap.add_argument("--adapters", type=int, default=32, help="mixed: adapters on the layer, one per two rows")
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--results", default=None)
@@ -113,17 +134,20 @@ def main() -> None:
     weight = torch.randn(d_out, d_in) / d_in ** 0.5
     kinds = [("floor", None, ""), ("peft-lora", None, "")]
     kinds += [(f"ours-{p}", pkg, code) for p in a.paths.split(",") for pkg, code in ((fourierft, "this"), (other, "other"))]
-    rows = []
+    records = []
     for mode in a.modes.split(","):
-        x = torch.randn(1, a.tokens, d_in, device=device, dtype=dtype, requires_grad=mode == "train")
-        g = torch.randn(1, a.tokens, d_out, device=device, dtype=dtype)
+        adapters = a.adapters if mode == "mixed" else 1
+        rows = 2 * adapters if mode == "mixed" else 1
+        names = [adapter_names(adapters)[i % adapters] for i in range(rows)]
+        x = torch.randn(rows, a.tokens, d_in, device=device, dtype=dtype, requires_grad=mode == "train")
+        g = torch.randn(rows, a.tokens, d_out, device=device, dtype=dtype)
         fns = {}
         for kind, pkg, code in kinds:
             frozen = nn.Linear(d_in, d_out, bias=False)
             frozen.weight.data.copy_(weight)
             frozen = frozen.to(device, dtype).requires_grad_(False)
-            module = layer(kind if pkg is None else "ours", pkg, frozen, a.n, kind.removeprefix("ours-"))
-            fns[(kind, code)] = call_fn(module, x, g, mode)
+            module = layer(kind if pkg is None else "ours", pkg, frozen, a.n, kind.removeprefix("ours-"), adapters)
+            fns[(kind, code)] = call_fn(module, x, g, mode, names)
         for fn in fns.values():  # warm-up: caches, plans, library heuristics
             for _ in range(20):
                 fn()
@@ -133,18 +157,19 @@ def main() -> None:
                 times[key].append(per_call_us(fn, a.calls, cuda))
         med = {key: statistics.median(v) for key, v in times.items()}
         floor, lora = med[("floor", "")], med[("peft-lora", "")]
-        print(f"### host cost per layer call, {mode}, {a.shape}, n={a.n}, {a.tokens} tokens, {device}")
+        print(f"### host cost per layer call, {mode}, {a.shape}, n={a.n}, {rows} x {a.tokens} tokens"
+              f"{f', {adapters} adapters' if mode == 'mixed' else ''}, {device}")
         print("| variant | code | us/call (median) | min | x floor | x LoRA |\n|---|---|---|---|---|---|")
         for (kind, code), us in med.items():
             print(f"| {kind} | {code or '-'} | {us:.1f} | {min(times[(kind, code)]):.1f} | {us / floor:.2f} | "
                   f"{us / lora:.2f} |")
-            rows.append({"mode": mode, "shape": a.shape, "tokens": a.tokens, "n": a.n, "variant": kind,
-                         "code": code or None, "us_median": us, "us_min": min(times[(kind, code)]),
-                         "x_floor": us / floor, "x_lora": us / lora})
+            records.append({"mode": mode, "shape": a.shape, "rows": rows, "tokens": a.tokens, "adapters": adapters,
+                            "n": a.n, "variant": kind, "code": code or None, "us_median": us,
+                            "us_min": min(times[(kind, code)]), "x_floor": us / floor, "x_lora": us / lora})
         for path in a.paths.split(","):
             ratio = med[(f"ours-{path}", "this")] / med[(f"ours-{path}", "other")]
             print(f"{mode} ours-{path}: this / other = {ratio:.3f}")
-    path = write_results("host_ab", rows, out=a.results,
+    path = write_results("host_ab", records, out=a.results,
                          note=f"this checkout against {a.other} in one process, {a.rounds} interleaved rounds of "
                               f"{a.calls} calls, median" + (f"; {a.note}" if a.note else ""))
     print(f"results: {path}")

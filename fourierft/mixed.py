@@ -166,12 +166,13 @@ def shared_entry_groups(layer, names: Sequence[str]) -> list[list[str]]:
     """The adapters named in ``names`` that ``layer`` holds, grouped by identical entries (same rows and cols,
     same spectrum dtype and device); only groups of two or more, in order of first appearance."""
     classes = _entry_classes.setdefault(layer, _EntryClasses())
+    spectra, rows, cols = layer.adapter_tables()
     groups: dict[tuple, list[str]] = {}
     for name in dict.fromkeys(names):
-        if name == BASE or name not in layer.fourierft_spectrum:
+        spectrum = spectra.get(name)
+        if spectrum is None:  # BASE, or an adapter this layer lacks
             continue
-        spectrum = layer.fourierft_spectrum[name]
-        key = (classes.of(name, *layer.entries(name)), spectrum.dtype, spectrum.device)
+        key = (classes.of(name, rows[name], cols[name]), spectrum.dtype, spectrum.device)
         groups.setdefault(key, []).append(name)
     return [group for group in groups.values() if len(group) > 1]
 
@@ -179,17 +180,16 @@ def shared_entry_groups(layer, names: Sequence[str]) -> list[list[str]]:
 def shared_entries_delta(layer, x: torch.Tensor, names: Sequence[str], group: Sequence[str]) -> torch.Tensor:
     """``x[i] @ dW_{names[i]}.T`` for the rows whose adapter is in ``group`` (adapters sharing entries), zeros
     elsewhere: ``(B, ..., in_features) -> (B, ..., out_features)`` in ``x.dtype``, one kernel call."""
+    spectra, rows, cols = layer.adapter_tables()
     for name in group:
-        if layer.fourierft_spectrum[name].device.type == "meta":
+        if spectra[name].is_meta:
             layer.get_delta_weight(name)  # raises the clear error
     index = {name: i for i, name in enumerate(group)}
     row_adapter = device_tensor(tuple(index.get(n, -1) for n in names), torch.int64, x.device)
-    spectra = torch.stack([layer.fourierft_spectrum[name] for name in group])  # (K, n)
-    rows, cols = layer.entries(group[0])
+    stacked = torch.stack([spectra[name] for name in group])  # (K, n)
     path = layer.compute_path if layer.compute_path in MIXED_PATHS else "auto"
     if path == "factored" and torch.is_grad_enabled():  # the factored mixed form has no backward
         path = "auto"
-    scalings = device_tensor(tuple(layer.scaling(name) for name in group), torch.float64, spectra.device)
-    return spectral_linear_mixed(x, spectra, row_adapter, rows, cols, layer.out_features, layer.in_features,
-                                 scalings, path=path)
-
+    scalings = device_tensor(tuple(layer.scaling(name) for name in group), torch.float64, stacked.device)
+    return spectral_linear_mixed(x, stacked, row_adapter, rows[group[0]], cols[group[0]], layer.out_features,
+                                 layer.in_features, scalings, path=path)

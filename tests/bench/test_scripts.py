@@ -76,14 +76,16 @@ def test_host_ab_times_this_checkout_against_another(tmp_path):
 
     out = tmp_path / "host_ab.json"
     cmd = [sys.executable, str(ROOT / "bench" / "host_ab.py"), "--other", str(ROOT), "--shape", "24x16", "--n", "10",
-           "--tokens", "2", "--calls", "2", "--rounds", "2", "--results", str(out)]
+           "--tokens", "2", "--calls", "2", "--rounds", "2", "--modes", "train,infer,mixed", "--adapters", "3",
+           "--results", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ours-factored: this / other = " in done.stdout
     rows = results.load_results(out)["rows"]
     assert [(r["mode"], r["variant"], r["code"]) for r in rows] == [
-        (m, v, c) for m in ("train", "infer")
+        (m, v, c) for m in ("train", "infer", "mixed")
         for v, c in (("floor", None), ("peft-lora", None), ("ours-factored", "this"), ("ours-factored", "other"))]
+    assert {(r["mode"], r["rows"], r["adapters"]) for r in rows} == {("train", 1, 1), ("infer", 1, 1), ("mixed", 6, 3)}
     for r in rows:
         floor = next(f for f in rows if f["mode"] == r["mode"] and f["variant"] == "floor")
         assert r["us_median"] > 0 and r["us_min"] <= r["us_median"]
