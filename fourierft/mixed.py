@@ -135,16 +135,17 @@ class _EntryClasses:
     """Which of one layer's adapters have equal entries: a class per distinct ``(rows, cols)``, its members looked
     up by tensor identity and version counter, so a mixed batch compares entries once per change of an adapter's
     entries, not at every call (on CUDA each ``torch.equal`` waits for the device: 62 waits per layer and call at
-    K = 32). The classes hold private CPU copies, never written."""
+    K = 32). Members are held by weak reference (a deleted adapter's entries are freed); the classes hold private
+    CPU copies, never written."""
 
     def __init__(self) -> None:
         self.classes: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.member: dict[str, tuple[torch.Tensor, torch.Tensor, int, int, int]] = {}
+        self.member: dict[str, tuple[weakref.ref, weakref.ref, int, int, int]] = {}
 
     def of(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> int:
         tracked = not (rows.is_inference() or cols.is_inference())  # inference tensors have no version counter
         seen = self.member.get(name)
-        if tracked and seen is not None and seen[0] is rows and seen[1] is cols \
+        if tracked and seen is not None and seen[0]() is rows and seen[1]() is cols \
                 and (seen[2], seen[3]) == (rows._version, cols._version):
             return seen[4]
         r, c = rows.cpu(), cols.cpu()
@@ -155,7 +156,7 @@ class _EntryClasses:
             i = len(self.classes)
             self.classes.append((r.clone(), c.clone()))
         if tracked:
-            self.member[name] = (rows, cols, rows._version, cols._version, i)
+            self.member[name] = (weakref.ref(rows), weakref.ref(cols), rows._version, cols._version, i)
         return i
 
 

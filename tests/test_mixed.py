@@ -147,6 +147,26 @@ def test_entries_are_compared_once_and_a_change_to_them_is_seen(monkeypatch):
     assert len(calls) == len(layers) - 1  # this layer row-groups a and b now
 
 
+def test_replaced_and_deleted_adapters_are_regrouped_and_their_entries_freed():
+    import gc
+    import weakref
+
+    targets = ["q_proj", "v_proj", "down_proj"]
+    names = ["a", "c", BASE, "b", "a", "b"]
+    ids, mask = batch(len(names))
+    shared = make("llama", targets, adapters=SHARED)
+    check_rows(shared, "llama", names, ids, mask)  # a and b grouped: their entries are remembered
+    layer = next(m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer))
+    old_entries = weakref.ref(layer.fourierft_seeded_rows["b"])
+    shared.delete_adapter("b")  # replaced by an adapter of the same name with entries of its own
+    shared.add_adapter("b", fourierft.FourierFTConfig(target_modules=targets, n_frequency=30, scaling=300.0,
+                                                      random_loc_seed=9))
+    shared.eval()
+    gc.collect()
+    assert old_entries() is None  # nothing kept the deleted adapter's entries alive
+    check_rows(shared, "llama", names, ids, mask)  # b's rows follow its new entries
+
+
 def test_index_tensors_made_under_inference_mode_serve_a_later_backward():
     """The row-index tensors a mixed batch makes once are normal tensors, also when first made under
     ``inference_mode``: an eval-mode model with gradients on saves them for its backward."""
