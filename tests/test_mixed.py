@@ -167,6 +167,19 @@ def test_replaced_and_deleted_adapters_are_regrouped_and_their_entries_freed():
     check_rows(shared, "llama", names, ids, mask)  # b's rows follow its new entries
 
 
+def test_an_adapter_never_loaded_gets_the_clear_error_in_a_mixed_batch():
+    """``low_cpu_mem_usage=True`` leaves the coefficients on the meta device until loaded; a and b share entries,
+    so the error comes from the shared-entries path."""
+    peft_model = make("llama", ["q_proj"], adapters={"a": SHARED["a"]})
+    peft_model.add_adapter("b", fourierft.FourierFTConfig(target_modules=["q_proj"], **SHARED["b"]),
+                           low_cpu_mem_usage=True)
+    peft_model.eval()
+    ids, mask = batch(2)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="adapter 'b' has no coefficients yet"):
+        peft_model(input_ids=ids, attention_mask=mask, adapter_names=["a", "b"])
+    assert hooks_left(peft_model) == 0
+
+
 def test_index_tensors_made_under_inference_mode_serve_a_later_backward():
     """The row-index tensors a mixed batch makes once are normal tensors, also when first made under
     ``inference_mode``: an eval-mode model with gradients on saves them for its backward."""
