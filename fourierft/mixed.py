@@ -19,7 +19,6 @@ Linear layers send adapters that share their entries (PEFT's default: every adap
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache, partial
@@ -27,6 +26,7 @@ from functools import lru_cache, partial
 import torch
 from torch import nn
 
+from .kernels._cache import index_key
 from .kernels.mixed import MIXED_PATHS, spectral_linear_mixed
 
 BASE = "__base__"
@@ -131,49 +131,18 @@ def adapter_names_hooks(model: nn.Module, adapter_names, known: set[str], module
             handle.remove()
 
 
-class _EntryClasses:
-    """Which of one layer's adapters have equal entries: a class per distinct ``(rows, cols)``, its members looked
-    up by tensor identity and version counter, so a mixed batch compares entries once per change of an adapter's
-    entries, not at every call (on CUDA each ``torch.equal`` waits for the device: 62 waits per layer and call at
-    K = 32). Members are held by weak reference (a deleted adapter's entries are freed); the classes hold private
-    CPU copies, never written."""
-
-    def __init__(self) -> None:
-        self.classes: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.member: dict[str, tuple[weakref.ref, weakref.ref, int, int, int]] = {}
-
-    def of(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> int:
-        tracked = not (rows.is_inference() or cols.is_inference())  # inference tensors have no version counter
-        seen = self.member.get(name)
-        if tracked and seen is not None and seen[0]() is rows and seen[1]() is cols \
-                and (seen[2], seen[3]) == (rows._version, cols._version):
-            return seen[4]
-        r, c = rows.cpu(), cols.cpu()
-        for i, (r0, c0) in enumerate(self.classes):
-            if r0.shape == r.shape and torch.equal(r0, r) and torch.equal(c0, c):
-                break
-        else:
-            i = len(self.classes)
-            self.classes.append((r.clone(), c.clone()))
-        if tracked:
-            self.member[name] = (weakref.ref(rows), weakref.ref(cols), rows._version, cols._version, i)
-        return i
-
-
-_entry_classes: weakref.WeakKeyDictionary[nn.Module, _EntryClasses] = weakref.WeakKeyDictionary()
-
-
 def shared_entry_groups(layer, names: Sequence[str]) -> list[list[str]]:
     """The adapters named in ``names`` that ``layer`` holds, grouped by identical entries (same rows and cols,
     same spectrum dtype and device); only groups of two or more, in order of first appearance."""
-    classes = _entry_classes.setdefault(layer, _EntryClasses())
     spectra, rows, cols = layer.adapter_tables()
     groups: dict[tuple, list[str]] = {}
     for name in dict.fromkeys(names):
         spectrum = spectra.get(name)
         if spectrum is None:  # BASE, or an adapter this layer lacks
             continue
-        key = (classes.of(name, rows[name], cols[name]), spectrum.dtype, spectrum.device)
+        # content hashes, kept with each index tensor until it is written or re-pointed: comparing the entries
+        # themselves (torch.equal) would wait for the device at every layer call
+        key = (index_key(rows[name]), index_key(cols[name]), spectrum.dtype, spectrum.device)
         groups.setdefault(key, []).append(name)
     return [group for group in groups.values() if len(group) > 1]
 

@@ -122,18 +122,23 @@ def test_shared_entries_use_the_mixed_kernel_and_distinct_entries_do_not(monkeyp
 
 
 def test_entries_are_compared_once_and_a_change_to_them_is_seen(monkeypatch):
-    """Which adapters share entries is remembered per layer (on CUDA each comparison waits for the device): a
-    second call compares nothing; an in-place write into one adapter's entries is seen at the next call."""
+    """Adapters are grouped by their entries' content hashes, kept with the entries (on CUDA, reading entries back
+    or comparing them waits for the device): a second call reads nothing back; an in-place write into one adapter's
+    entries is seen at the next call."""
+    import fourierft.kernels._cache as cache
+
     targets = ["q_proj", "v_proj", "down_proj"]
     names = ["a", "c", BASE, "b", "a", "b"]
     ids, mask = batch(len(names))
     shared = make("llama", targets, adapters=SHARED)
     check_rows(shared, "llama", names, ids, mask)
-    compared = []
-    real_equal = torch.equal
-    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(1) or real_equal(a, b))
-    check_rows(shared, "llama", names, ids, mask)
-    assert compared == []
+    read_back = []
+    real_equal, real_content = torch.equal, cache._content
+    monkeypatch.setattr(torch, "equal", lambda a, b: read_back.append("equal") or real_equal(a, b))
+    monkeypatch.setattr(cache, "_content", lambda idx: read_back.append("hash") or real_content(idx))
+    with torch.no_grad():
+        shared(input_ids=ids, attention_mask=mask, adapter_names=names)
+    assert read_back == []
     layer = next(m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer))
     rows = layer.fourierft_seeded_rows["b"]
     rows[0] = (rows[0] + 1) % layer.out_features  # b's entries now differ from a's on this layer
