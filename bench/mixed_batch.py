@@ -10,7 +10,8 @@ split round-robin over K distinct adapters (``--counts``, default 1 8 64) and ru
 * ``ours-serial``    K calls, ``set_adapter(name)`` then that adapter's rows (prefill only);
 * ``peft-lora-mixed`` PEFT LoRA's ``model(input_ids, adapter_names=[...])``.
 
-``--generate T`` times ``generate(..., adapter_names=[...], max_new_tokens=T)`` instead (greedy, KV cache: one
+The variants are timed in interleaved rounds (median of ``--repeats``). ``--generate T`` times
+``generate(..., adapter_names=[...], max_new_tokens=T)`` instead (greedy, KV cache: one
 prefill of ``--seq`` tokens, then T - 1 one-token steps), the way a server decodes a mixed batch.
 
 ``--level layer`` times one adapted layer instead (no model code): a frozen ``d x d`` linear plus K adapters that
@@ -90,6 +91,25 @@ def timed(fn, repeats: int, device: str) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved(variants: dict, repeats: int, device: str) -> dict:
+    """The median seconds of each variant over ``repeats`` rounds, each round timing every variant once (after
+    one warm-up call each), round ``r`` starting at the ``r``-th variant (no variant always follows the same one)."""
+    for fn in variants.values():
+        fn()
+    times = {key: [] for key in variants}
+    order = list(variants.items())
+    for r in range(repeats):
+        for key, fn in order[r % len(order):] + order[:r % len(order)]:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(ts) for key, ts in times.items()}
 
 
 def layer_level(args) -> list[dict]:
@@ -172,32 +192,34 @@ def model_level(args) -> list[dict]:
 
     print("| K | base ms | ours-mixed ms | ours-serial ms | peft-lora-mixed ms | ours x base | ours K / ours K=1 | "
           "LoRA / ours |\n|---|---|---|---|---|---|---|---|")
-    records, first = [], None
-    with torch.no_grad():
-        base = timed(frozen, args.repeats, args.device)
-        for k in args.counts:
-            names = [f"a{i % k}" for i in range(args.rows)]
+    variants = {"base": frozen}  # timed in interleaved rounds: a host that slows down mid-run slows all alike
+    for k in args.counts:
+        names = [f"a{i % k}" for i in range(args.rows)]
+        variants[("mixed", k)] = lambda names=names: run(ours, adapter_names=names)
+        variants[("lora", k)] = lambda names=names: run(lora, adapter_names=names)
+        if not args.generate:
             groups = {f"a{j}": [i for i, n in enumerate(names) if n == f"a{j}"] for j in range(k)}
-            mixed = timed(lambda: run(ours, adapter_names=names), args.repeats, args.device)
-            lora_mixed = timed(lambda: run(lora, adapter_names=names), args.repeats, args.device)
-            serial = None
-            if not args.generate:
-                def one_at_a_time():
-                    for name, idx in groups.items():
-                        ours.set_adapter(name)
-                        ours(input_ids=ids[idx])
 
-                serial = timed(one_at_a_time, args.repeats, args.device)
-            first = first or mixed
-            print(f"| {k} | {base * 1e3:.2f} | {mixed * 1e3:.2f} | "
-                  f"{'-' if serial is None else f'{serial * 1e3:.2f}'} | {lora_mixed * 1e3:.2f} | {mixed / base:.2f} | "
-                  f"{mixed / first:.2f} | {lora_mixed / mixed:.2f} |", flush=True)
-            records.append({"level": "model", "mode": mode, "hidden": args.hidden, "layers": args.layers,
-                            "n": args.n, "rows": args.rows, "seq": args.seq, "shared_entries": args.shared, "k": k,
-                            "base_ms": base * 1e3, "ours_mixed_ms": mixed * 1e3,
-                            "ours_serial_ms": None if serial is None else serial * 1e3,
-                            "peft_lora_mixed_ms": lora_mixed * 1e3, "mixed_x_base": mixed / base,
-                            "mixed_over_k1": mixed / first, "lora_over_ours_mixed": lora_mixed / mixed})
+            def one_at_a_time(groups=groups):
+                for name, idx in groups.items():
+                    ours.set_adapter(name)
+                    ours(input_ids=ids[idx])
+
+            variants[("serial", k)] = one_at_a_time
+    with torch.no_grad():
+        t = interleaved(variants, args.repeats, args.device)
+    records, base, first = [], t["base"], t[("mixed", args.counts[0])]
+    for k in args.counts:
+        mixed, lora_mixed, serial = t[("mixed", k)], t[("lora", k)], t.get(("serial", k))
+        print(f"| {k} | {base * 1e3:.2f} | {mixed * 1e3:.2f} | "
+              f"{'-' if serial is None else f'{serial * 1e3:.2f}'} | {lora_mixed * 1e3:.2f} | {mixed / base:.2f} | "
+              f"{mixed / first:.2f} | {lora_mixed / mixed:.2f} |", flush=True)
+        records.append({"level": "model", "mode": mode, "hidden": args.hidden, "layers": args.layers,
+                        "n": args.n, "rows": args.rows, "seq": args.seq, "shared_entries": args.shared, "k": k,
+                        "base_ms": base * 1e3, "ours_mixed_ms": mixed * 1e3,
+                        "ours_serial_ms": None if serial is None else serial * 1e3,
+                        "peft_lora_mixed_ms": lora_mixed * 1e3, "mixed_x_base": mixed / base,
+                        "mixed_over_k1": mixed / first, "lora_over_ours_mixed": lora_mixed / mixed})
     return records
 
 

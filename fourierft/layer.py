@@ -30,7 +30,7 @@ from .entries import spectral_entries
 from .kernels import adapted_linear, spectral_linear
 from .layers_extra import check_extra, conv2d_delta, embedding_delta, matrix_shape
 from .kernels.mixed import MIXED_PATHS
-from .mixed import BASE, expand_names, row_groups, shared_entries_delta, shared_entry_groups
+from .mixed import BASE, add_shared_entries, expand_names, mixed_plan, row_groups
 from .quantized import quantization_kind
 from .sampling import check_entries, sampler_for
 from .spectral import delta_weight
@@ -257,7 +257,12 @@ class FourierFTLayer(nn.Module, BaseTunerLayer):
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """Row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none); see :mod:`mixed`."""
         result = self.base_layer(x, *args, **kwargs)
-        for name, idx in row_groups(expand_names(adapter_names, x.shape[0]), x.device).items():
+        names = expand_names(adapter_names, x.shape[0])
+        if names and names.count(names[0]) == len(names):  # one adapter for every row: no gather, no scatter
+            if names[0] == BASE or names[0] not in self.fourierft_spectrum:
+                return result
+            return self.add_adapter_output(names[0], x, result)
+        for name, idx in row_groups(names, x.device).items():
             if name == BASE or name not in self.fourierft_spectrum:  # absent here: adds nothing, as when alone
                 continue
             delta = self.adapter_output(name, x.index_select(0, idx))
@@ -324,15 +329,18 @@ class Linear(FourierFTLayer):
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """As :meth:`FourierFTLayer._mixed_batch_forward`; adapters that share their entries go through one
-        :func:`fourierft.kernels.spectral_linear_mixed` call (unless a compute path it lacks is forced)."""
+        :func:`fourierft.kernels.mixed.mixed_linear` call (unless a compute path it lacks is forced)."""
         names = expand_names(adapter_names, x.shape[0])
-        groups = shared_entry_groups(self, names) if self.compute_path in MIXED_PATHS else []
-        shared = {name for group in groups for name in group}
-        rest = [BASE if name in shared else name for name in names]
-        result = super()._mixed_batch_forward(x, *args, adapter_names=rest, **kwargs)
-        for group in groups:
-            result = result + shared_entries_delta(self, x, names, group).to(result.dtype)
-        return result
+        if self.compute_path not in MIXED_PATHS or not names or names.count(names[0]) == len(names):
+            return super()._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
+        plan, tables = mixed_plan(self, names, x.device)
+        if not plan.groups:
+            return super()._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
+        if plan.rest is None:
+            result = self.base_layer(x, *args, **kwargs)
+        else:
+            result = super()._mixed_batch_forward(x, *args, adapter_names=plan.rest, **kwargs)
+        return add_shared_entries(self, plan, tables, x, result)
 
 
 class Conv2d(FourierFTLayer):

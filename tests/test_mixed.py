@@ -99,13 +99,13 @@ def test_causal_lm_rows_equal_running_alone(model_name, targets):
 
 def test_shared_entries_use_the_mixed_kernel_and_distinct_entries_do_not(monkeypatch):
     calls = []
-    real = fourierft.mixed.spectral_linear_mixed
+    real = fourierft.mixed.mixed_linear
 
     def spy(*args, **kwargs):
-        calls.append(args[1].shape[0])  # K adapters in one call
+        calls.append(args[1].shape[0] - 1)  # K adapters in one call: K + 1 rows of weights
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fourierft.mixed, "spectral_linear_mixed", spy)
+    monkeypatch.setattr(fourierft.mixed, "mixed_linear", spy)
     targets = ["q_proj", "v_proj", "down_proj"]
     names = ["a", "c", BASE, "b", "a", "b"]
     ids, mask = batch(len(names))
@@ -144,12 +144,71 @@ def test_entries_are_compared_once_and_a_change_to_them_is_seen(monkeypatch):
     rows[0] = (rows[0] + 1) % layer.out_features  # b's entries now differ from a's on this layer
     assert not real_equal(rows, layer.fourierft_seeded_rows["a"])
     calls = []
-    real = fourierft.mixed.spectral_linear_mixed
-    monkeypatch.setattr(fourierft.mixed, "spectral_linear_mixed",
-                        lambda *args, **kwargs: calls.append(args[1].shape[0]) or real(*args, **kwargs))
+    real = fourierft.mixed.mixed_linear
+    monkeypatch.setattr(fourierft.mixed, "mixed_linear",
+                        lambda *args, **kwargs: calls.append(args[1].shape[0] - 1) or real(*args, **kwargs))
     check_rows(shared, "llama", names, ids, mask)  # b's rows follow b's new entries
     layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
     assert len(calls) == len(layers) - 1  # this layer row-groups a and b now
+
+
+def test_weights_are_made_once_and_a_change_to_coefficients_or_scaling_is_seen(monkeypatch):
+    """At inference each layer lays out its groups' per-adapter weights once (decoding calls it for every token);
+    an in-place write into a coefficient vector, a new scaling and a fused optimizer step (which bumps no version
+    counter) are each seen at the next call."""
+    targets = ["q_proj", "v_proj"]
+    names = ["a", "c", BASE, "b", "a", "b"]
+    ids, mask = batch(len(names))
+    shared = make("llama", targets, adapters=SHARED)
+    layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
+    made = []
+    real = fourierft.mixed.mixed_weights
+    monkeypatch.setattr(fourierft.mixed, "mixed_weights", lambda *a, **k: made.append(1) or real(*a, **k))
+    check_rows(shared, "llama", names, ids, mask)
+    assert len(made) == len(layers)  # one shared group (a, b) per layer
+    made.clear()
+    with torch.no_grad():
+        shared(input_ids=ids, attention_mask=mask, adapter_names=names)
+    assert made == []
+    with torch.no_grad():
+        layers[0].fourierft_spectrum["b"].mul_(3.0)
+    layers[1].fourierft_scaling["a"] = 5.0
+    check_rows(shared, "llama", names, ids, mask)
+    assert len(made) == 2
+    made.clear()
+    params = [p for n, p in shared.named_parameters() if n.endswith("fourierft_spectrum.b")]
+    step = torch.optim.AdamW(params, lr=0.5, fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    step.step()
+    check_rows(shared, "llama", names, ids, mask)
+    assert len(made) == len(layers)
+
+
+def test_one_adapter_for_every_row_runs_the_plain_forward(monkeypatch):
+    """No gather or scatter of rows and no mixed kernel: the batch is served as with that adapter active."""
+    calls = []
+    monkeypatch.setattr(fourierft.mixed, "mixed_linear", lambda *a, **k: calls.append("mixed"))
+    monkeypatch.setattr(torch.Tensor, "index_add", lambda *a, **k: calls.append("index_add"))
+    shared = make("llama", ["q_proj", "v_proj"], adapters=SHARED)
+    ids, mask = batch(3)
+    check_rows(shared, "llama", ["b"] * 3, ids, mask)
+    check_rows(shared, "llama", [BASE] * 3, ids, mask)
+    assert calls == []
+
+
+def test_entries_made_as_inference_tensors_are_served_without_a_plan():
+    """An inference tensor has no version counter to check a remembered plan against: such a layer is grouped
+    afresh at every call, with the same rows."""
+    shared = make("llama", ["q_proj"], adapters=SHARED)
+    layer = next(m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer))
+    with torch.inference_mode():
+        layer.fourierft_seeded_rows["b"] = layer.fourierft_seeded_rows["b"].clone()
+    names = ["a", "b", BASE, "c"]
+    ids, mask = batch(len(names))
+    for _ in range(2):
+        check_rows(shared, "llama", names, ids, mask)
+    assert layer not in fourierft.mixed._plans or not fourierft.mixed._plans[layer]
 
 
 def test_replaced_and_deleted_adapters_are_regrouped_and_their_entries_freed():

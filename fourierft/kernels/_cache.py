@@ -13,7 +13,8 @@
   ``adamw_torch_fused``) write parameters without bumping ``_version``; so the first time such an entry is cached,
   one global optimizer post-step hook is registered (never at import) that invalidates them all after any optimizer
   step; :func:`clear_caches` removes it. :func:`invalidate` drops one spectrum's entries explicitly (e.g. after
-  writing it through ``.data``).
+  writing it through ``.data``). Callers that keep coefficient-derived tensors of their own (mixed batches' weights,
+  derived from several spectra) key them on :func:`generation` too.
 
 Under ``torch.compile`` none of this is consulted: the callers build inline (nothing Python-side in graphs). Nor
 under CUDA graph capture for the spectrum's entries: a graph replays without this module's checks, so it must
@@ -103,8 +104,10 @@ _hook: list = []  # the optimizer post-step hook's handle, once registered
 
 def clear_caches() -> None:
     """Drop every cached basis, plan and coefficient-derived tensor and this thread's reused input transform (e.g.
-    to free device memory), and remove the optimizer hook."""
+    to free device memory), and remove the optimizer hook; what is kept elsewhere under :func:`generation` (mixed
+    batches' weights) is rebuilt at its next use."""
     clear_reuse()
+    _bump_generation()
     with _lock:
         _by_index.clear()
         _shared.clear()
@@ -114,7 +117,9 @@ def clear_caches() -> None:
 
 
 def invalidate(spectrum: torch.Tensor, kind: str | None = None) -> None:
-    """Forget what is cached on ``spectrum`` (only ``kind``'s entry if given; a no-op if there is none)."""
+    """Forget what is cached on ``spectrum`` (only ``kind``'s entry if given), and what is kept elsewhere under
+    :func:`generation` for any spectrum (mixed batches' weights)."""
+    _bump_generation()
     with _lock:
         if kind is None:
             _by_spectrum.pop(spectrum, None)
@@ -210,6 +215,19 @@ def _bump_generation(*_: object) -> None:
     _generation += 1
 
 
+def generation() -> int:
+    """A counter bumped by every optimizer step (once :func:`watch_steps` was called) and by :func:`invalidate` and
+    :func:`clear_caches`: part of the key of whatever is derived from coefficients."""
+    return _generation
+
+
+def watch_steps() -> None:
+    """Register the optimizer post-step hook that bumps :func:`generation` (once; never at import)."""
+    with _lock:
+        if not _hook:
+            _hook.append(register_optimizer_step_post_hook(_bump_generation))
+
+
 def _spectrum_key(spectrum: torch.Tensor, key: tuple) -> tuple:
     # data_ptr: `param.data = new_tensor` swaps storage without touching the old tensor's version.
     return (key, spectrum._version, _generation, spectrum.data_ptr(), spectrum.device)
@@ -228,8 +246,7 @@ def spectrum_cached(kind: str, spectrum: torch.Tensor, key: tuple, build: Callab
     if hit is not None and hit[0] == full:
         return hit[1]
     value = build()
+    watch_steps()
     with _lock:
-        if not _hook:
-            _hook.append(register_optimizer_step_post_hook(_bump_generation))
         _by_spectrum.setdefault(spectrum, {})[kind] = (full, value)
     return value

@@ -13,6 +13,11 @@ the weights and the GEMM's alpha so that no fp16 value (forward or backward) bec
 (:mod:`.factored`) does the same with its two-stage transforms: the per-row weights multiply the analysed
 ``(rows, T)`` result. Differentiable w.r.t. ``x`` and ``spectra`` through plain autograd (lowrank; the factored
 form is inference-only).
+
+Three steps, so that a caller serving the same adapters call after call (decoding) builds the weights once:
+:func:`mixed_path` picks the path, :func:`mixed_weights` lays out the ``(K + 1, m)`` per-adapter weights (its last
+row zero: row index ``-1``, no adapter, reads it), :func:`mixed_linear` applies them. :func:`spectral_linear_mixed`
+is the three in one call, with its inputs checked.
 """
 
 from __future__ import annotations
@@ -55,6 +60,73 @@ def _check(x, spectra, row_adapter, rows, cols, in_features, scalings, path) -> 
     return scal
 
 
+# Flops a path may spend to save one launch's host time (``auto``): below this much saved, the factored path's seven
+# launches cost more than lowrank's three. On an H200 decoding 64 rows x 1 token at 4096 x 4096, n = 1000, the
+# factored mixed call took 2.7x lowrank's host time (531 against 199 us, bench/host_ab.py --modes mixed; the flop
+# model prefers factored there from n ~ 1500 on); a launch is ~10 us of host, the GPU does ~1e10 flops in that.
+# On the CPU an op costs a few us and the flops are real work.
+_FLOPS_PER_LAUNCH = {"cuda": 1e10, "cpu": 1e5}
+
+
+def mixed_path(path: str, out_features: int, in_features: int, n: int, device_type: str, needs_grad: bool,
+               tokens: int = 0) -> str:
+    """``"lowrank"`` or ``"factored"`` for ``path`` in :data:`MIXED_PATHS`. ``"auto"`` is lowrank when a gradient
+    is needed, under ``torch.compile``, or when factored would save fewer flops over the call's ``tokens`` rows
+    than its four extra launches are worth (decoding: a few rows per call); else the cheaper of the two by the
+    flop model."""
+    if path == "auto":
+        if needs_grad or torch.compiler.is_compiling():
+            return "lowrank"
+        costs = flop_costs(out_features, in_features, n, device_type=device_type, training=False)
+        saved = tokens * (costs["lowrank"] - costs["factored"])
+        return "factored" if saved > 4 * _FLOPS_PER_LAUNCH.get(device_type, _FLOPS_PER_LAUNCH["cuda"]) else "lowrank"
+    if path == "factored" and needs_grad:
+        raise ValueError("the factored mixed path is inference-only; use path='lowrank' (or 'auto') to train")
+    return path
+
+
+def mixed_weights(spectra: torch.Tensor, scalings: torch.Tensor, rows: torch.Tensor, out_features: int,
+                  dtype: torch.dtype, path: str) -> torch.Tensor:
+    """The per-adapter weights :func:`mixed_linear` multiplies each row's transform by: ``(K + 1, m)`` in
+    ``dtype``, row ``a`` from ``spectra[a]`` ``(n,)`` and ``scalings[a]`` (``(K,)`` float64), row ``K`` zero.
+
+    lowrank: ``m = 2n``, ``(s_a / d1) [c_a, -c_a]``; factored: ``m`` = the rows of ``rows``' plan, ``s_a / d1 c_a``
+    at both rows (Re, Im) of each frequency, zero on padding. Differentiable w.r.t. ``spectra``."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    k, n = spectra.shape
+    c = spectra.to(work) * (scalings.to(work) / out_features)[:, None]  # (K, n), O(scaling / d1) values
+    if path == "lowrank":
+        return torch.cat([torch.cat([c, -c], 1), c.new_zeros(1, 2 * n)]).to(dtype)
+    pu = plan(rows, out_features, dtype)
+    at_rows = torch.nn.functional.pad(torch.cat([c, c], 1), (0, 0, 0, 1)).to(dtype)  # (K + 1, 2n), row K zero
+    return at_rows.new_zeros(k + 1, pu.rows).index_copy(1, pu.row, at_rows)
+
+
+def mixed_linear(x: torch.Tensor, weights: torch.Tensor, row_adapter: torch.Tensor, rows: torch.Tensor,
+                 cols: torch.Tensor, out_features: int, in_features: int, path: str,
+                 base: torch.Tensor | None = None, into_base: bool = False) -> torch.Tensor:
+    """``base + y`` with ``y[b] = x[b] @ dW_{row_adapter[b]}.T``, given :func:`mixed_weights` ``(K + 1, m)`` for
+    ``path`` (``"lowrank"`` or ``"factored"``) and ``x``'s dtype; ``row_adapter`` ``(B,)`` integers in ``[-1, K)``
+    on ``x``'s device (``-1`` picks the zero row; not checked here, see :func:`spectral_linear_mixed`).
+
+    ``x``: ``(B, ..., d2)``; ``base`` (optional): ``(B, ..., d1)`` in ``x``'s dtype, added inside the last matmul
+    (written into itself, contiguous, with ``into_base``). Returns ``(B, ..., d1)`` in ``x``'s dtype."""
+    d1, d2 = out_features, in_features
+    x2 = x.reshape(-1, d2)  # (T, d2), T = B * L
+    per_row = x2.shape[0] // max(x.shape[0], 1)
+    idx = row_adapter.repeat_interleave(per_row) if per_row != 1 else row_adapter  # (T,): each token's adapter
+    b2 = None if base is None else base.reshape(-1, d1)
+    if path == "lowrank":
+        q = x2 @ basis(cols, d2, x.dtype)  # (T, 2n)
+        y = scaled_mm(q * weights[idx], basis(rows, d1, x.dtype).T, 1.0 / d2, b2, into_base)  # (T, d1)
+    else:
+        pu, pv = plan(rows, d1, x.dtype), plan(cols, d2, x.dtype)
+        xu = analysis(x2.contiguous(), pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
+        # the weights are on xu already: synthesis' inverse twiddles are the plain ones
+        y = synthesis(xu * weights[idx].T, pu, pu.inv_twiddle, 1.0 / d2, b2, into_base)  # (T, d1)
+    return y.reshape(*x.shape[:-1], d1)
+
+
 def spectral_linear_mixed(
     x: torch.Tensor,
     spectra: torch.Tensor,
@@ -78,40 +150,15 @@ def spectral_linear_mixed(
         out_features, in_features: ``d1, d2``.
         scalings: ``(K,)`` each adapter's scaling (a tensor on ``spectra``'s device avoids a host-to-device copy
             per call; floats are accepted).
-        path: ``"lowrank"``, ``"factored"`` (inference only) or ``"auto"`` (lowrank when a gradient is needed or
-            under ``torch.compile``, else the cheaper of the two by the flop model).
+        path: ``"lowrank"``, ``"factored"`` (inference only) or ``"auto"`` (:func:`mixed_path`).
 
     Returns:
         ``(B, ..., out_features)`` in ``x.dtype``; ``dW_a`` is :func:`fourierft.spectral.delta_weight` of adapter a.
     """
     scal = _check(x, spectra, row_adapter, rows, cols, in_features, scalings, path)
-    d1, d2, n = out_features, in_features, rows.numel()
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or spectra.requires_grad)
-    if path == "auto":
-        path = "lowrank"
-        if not needs_grad and not torch.compiler.is_compiling():
-            costs = flop_costs(d1, d2, n, device_type=x.device.type, training=False)
-            path = "factored" if costs["factored"] < costs["lowrank"] else "lowrank"
-    if path == "factored" and needs_grad:
-        raise ValueError("the factored mixed path is inference-only; use path='lowrank' (or 'auto') to train")
-    dt = x.dtype
-    b = x.shape[0]
-    x2 = x.reshape(-1, d2)  # (T, d2), T = B * L
-    per_row = x2.shape[0] // max(b, 1)
-    # the adapter of every token; -1 -> the zero row K
-    k = spectra.shape[0]
-    idx = torch.where(row_adapter < 0, k, row_adapter).to(x.device, torch.int64)
-    idx = idx.repeat_interleave(per_row) if per_row != 1 else idx  # (T,)
-    work = torch.float64 if dt == torch.float64 else torch.float32
-    c = spectra.to(work) * (scal.to(work) / d1)[:, None]  # (K, n), O(scaling / d1) values
-    if path == "lowrank":
-        w = torch.cat([torch.cat([c, -c], 1), c.new_zeros(1, 2 * n)]).to(dt)  # (K + 1, 2n)
-        q = x2 @ basis(cols, d2, dt)  # (T, 2n)
-        y = scaled_mm(q * w[idx], basis(rows, d1, dt).T, 1.0 / d2)  # (T, d1)
-        return y.reshape(*x.shape[:-1], d1)
-    pu, pv = plan(rows, d1, dt), plan(cols, d2, dt)
-    wtab = torch.zeros(k + 1, pu.rows, dtype=dt, device=x.device)
-    wtab[:k, pu.row] = torch.cat([c, c], 1).to(dt)  # c_a at both rows (Re, Im) of each frequency; 0 on padding
-    xu = analysis(x2.contiguous(), pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
-    y = synthesis(xu * wtab[idx].T, pu, pu.inv_twiddle, 1.0 / d2)  # (T, d1): the weights are on xu already
-    return y.reshape(*x.shape[:-1], d1)
+    path = mixed_path(path, out_features, in_features, rows.numel(), x.device.type, needs_grad,
+                      x.numel() // max(in_features, 1))
+    weights = mixed_weights(spectra, scal, rows, out_features, x.dtype, path)
+    return mixed_linear(x, weights, row_adapter.to(x.device, torch.int64), rows, cols, out_features, in_features,
+                        path)

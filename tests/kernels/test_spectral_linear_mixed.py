@@ -173,3 +173,20 @@ def test_compiles_in_one_graph():
         y.sum().backward()
     torch.testing.assert_close(y, spectral_linear_mixed(x, spectra, ra, rows, cols, 12, 10, scal))
     assert len(graphs) == 1
+
+
+def test_auto_path_takes_lowrank_for_few_rows_and_to_train():
+    """``auto``: factored only where its flop saving over the call's rows outweighs its extra launches."""
+    from fourierft.kernels.dispatch import flop_costs
+    from fourierft.kernels.mixed import _FLOPS_PER_LAUNCH, mixed_path
+
+    costs = flop_costs(4096, 4096, 3000, device_type="cuda", training=False)
+    assert costs["factored"] < costs["lowrank"]
+    even = 4 * _FLOPS_PER_LAUNCH["cuda"] / (costs["lowrank"] - costs["factored"])  # rows where the two break even
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", False, tokens=64) == "lowrank"  # one decoding step
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", False, tokens=int(even)) == "lowrank"
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", False, tokens=int(even) + 1) == "factored"
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", True, tokens=16384) == "lowrank"
+    assert mixed_path("factored", 4096, 4096, 3000, "cuda", False, tokens=1) == "factored"  # forced: kept
+    with pytest.raises(ValueError, match="inference-only"):
+        mixed_path("factored", 4096, 4096, 3000, "cuda", True)
