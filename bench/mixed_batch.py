@@ -80,17 +80,8 @@ def cpu_name() -> str:
 
 
 def timed(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The median seconds of ``fn()`` over ``repeats`` calls, after a warm-up call."""
+    return interleaved({"fn": fn}, repeats, device)["fn"]
 
 
 def interleaved(variants: dict, repeats: int, device: str) -> dict:
