@@ -235,12 +235,13 @@ def mixed_plan(layer, names: list[str], device: torch.device) -> tuple[MixedPlan
     return made, tables
 
 
-def _group_weights(layer, plan: MixedPlan, i: int, spectra: dict, x: torch.Tensor) -> tuple[str, torch.Tensor]:
+def _group_weights(layer, plan: MixedPlan, i: int, tables: tuple[dict, dict, dict],
+                   x: torch.Tensor) -> tuple[str, torch.Tensor]:
     """``(path, mixed_weights)`` of group ``i``; at inference (no autograd) made once per plan and dtype."""
     group = plan.groups[i]
     keep = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
     path = layer.compute_path if layer.compute_path in MIXED_PATHS else "auto"
-    rows = layer.adapter_tables()[1][group.names[0]]
+    spectra, rows = tables[0], tables[1][group.names[0]]
     stacked = None
     if keep:
         needs_grad = False
@@ -268,9 +269,9 @@ def add_shared_entries(layer, plan: MixedPlan, tables: tuple[dict, dict, dict], 
     """``result`` ``(B, ..., out_features)`` (this forward's own temporary) plus ``x[i] @ dW_{names[i]}.T`` for
     every row whose adapter is in one of ``plan``'s groups, one kernel call per group; outside autograd the sum is
     written into ``result`` (inside the last matmul when the dtypes agree)."""
-    spectra, rows, cols = tables
+    _, rows, cols = tables
     for i, group in enumerate(plan.groups):
-        path, weights = _group_weights(layer, plan, i, spectra, x)
+        path, weights = _group_weights(layer, plan, i, tables, x)
         fusable = result.dtype == x.dtype and result.shape[:-1] == x.shape[:-1]
         into = (fusable and not torch.is_grad_enabled() and result.is_contiguous()
                 and not torch.compiler.is_compiling())
