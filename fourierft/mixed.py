@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .kernels._cache import generation, index_key, watch_steps
+from .kernels.dispatch import resolve_choice
 from .kernels.mixed import MIXED_PATHS, mixed_linear, mixed_path, mixed_weights
 
 BASE = "__base__"
@@ -250,8 +251,13 @@ def _group_weights(layer, plan: MixedPlan, i: int, tables: tuple[dict, dict, dic
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)
     if path == "factored" and needs_grad:  # the factored mixed form has no backward
         path = "auto"
+    measured = None
+    if path == "auto" and not needs_grad and not torch.compiler.is_compiling():
+        first = group.names[0]  # one adapter's paths timed on this batch (CUDA), the same key a lone adapter has
+        measured = resolve_choice(x, spectra[first], rows, tables[2][first], layer.out_features,
+                                  layer.in_features, layer.scaling(first), training=False).seconds
     path = mixed_path(path, layer.out_features, layer.in_features, rows.numel(), x.device.type, needs_grad,
-                      x.numel() // layer.in_features)
+                      x.numel() // layer.in_features, measured)
     if not keep:
         return path, mixed_weights(stacked, group.scalings, rows, layer.out_features, x.dtype, path)
     hit = plan.weights.get((i, x.dtype, path))

@@ -197,6 +197,33 @@ def test_one_adapter_for_every_row_runs_the_plain_forward(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("faster", ["factored", "lowrank"])
+def test_auto_takes_the_path_measured_for_one_adapter_on_the_layer(monkeypatch, faster):
+    """The mixed forms cost one adapter's call plus a per-row multiply: ``auto`` runs whichever of lowrank and
+    factored was measured faster for one adapter on this layer's key (inference, this batch), asked of the
+    dispatcher with the group's first adapter."""
+    from fourierft.kernels.dispatch import Choice
+
+    asked, paths = [], []
+    slower = {"factored": "lowrank", "lowrank": "factored"}[faster]
+    seconds = {faster: 1e-4, slower: 2e-4, "gemm": 5e-5}  # gemm: no mixed form, not a candidate here
+
+    def choice(x, spectrum, rows, cols, d1, d2, scaling, training):
+        asked.append((spectrum.shape[0], d1, d2, scaling, training))
+        return Choice("gemm", "measured", seconds)
+
+    real = fourierft.mixed.mixed_linear
+    monkeypatch.setattr(fourierft.mixed, "resolve_choice", choice)
+    monkeypatch.setattr(fourierft.mixed, "mixed_linear", lambda *a, **k: paths.append(a[7]) or real(*a, **k))
+    shared = make("llama", ["q_proj", "v_proj"], adapters=SHARED)
+    names = ["a", "b", BASE, "b"]
+    ids, mask = batch(len(names))
+    check_rows(shared, "llama", names, ids, mask)
+    layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
+    assert paths == [faster] * len(layers)
+    assert asked == [(30, m.out_features, m.in_features, m.scaling("a"), False) for m in layers]
+
+
 def test_entries_made_as_inference_tensors_are_served_without_a_plan():
     """An inference tensor has no version counter to check a remembered plan against: such a layer is grouped
     afresh at every call, with the same rows."""

@@ -45,7 +45,7 @@ from typing import Literal
 import torch
 
 from ._cache import cache_sizes, clear_caches, invalidate
-from .dispatch import Choice, choose_path, clear_path_choices, cuda_timer, path_choices, resolve_path, tune
+from .dispatch import Choice, choose_path, clear_path_choices, path_choices, resolve_path, tune
 from .gemm import delta_weight_cached
 from .mixed import spectral_linear_mixed
 from .paths import CUDA_ONLY
@@ -53,6 +53,7 @@ from .paths import FUSED as _FUSED
 from .paths import FROZEN as _FROZEN
 from .paths import IMPLS as _IMPLS
 from .opaque import OPAQUE, opaque_linear
+from .timers import cuda_timer, host_timer
 
 Path = Literal["auto", "dense", "gemm", "lowrank", "factored", "fused"]
 PATHS: tuple[str, ...] = ("auto", "dense", "gemm", "lowrank", "factored", "fused")
@@ -72,6 +73,7 @@ __all__ = [
     "path_choices",
     "spectral_linear",
     "cuda_timer",
+    "host_timer",
     "spectral_linear_mixed",
     "tune",
 ]

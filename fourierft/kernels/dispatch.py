@@ -1,10 +1,13 @@
 """How ``path="auto"`` picks a path: measured once per layer key on CUDA, a flop model on the CPU and as fallback.
 
-The choice is made per key ``(device, out_features, in_features, n, dtype, training)``:
+The choice is made per key ``(device, out_features, in_features, n, dtype, training, few_rows)``, where
+``few_rows`` says the call has at most :data:`FEW_ROWS` rows (a decoding step, a short prompt):
 
-* on a CUDA device, at the key's first eager use, each candidate path is timed on the call's own inputs (CUDA
-  events, five rounds interleaved across the candidates after one untimed call each, the best round counting) and
-  the fastest is kept (:func:`tune`); a card other than the one the flop model was fitted on gets its own answer;
+* on a CUDA device, at the key's first eager use, each candidate path is timed on the call's own inputs (five
+  rounds interleaved across the candidates after one untimed call each, the best round counting) and the fastest
+  is kept (:func:`tune`); a card other than the one the flop model was fitted on gets its own answer. Many rows
+  are timed in device time, few rows in wall-clock time, launches included (:mod:`.timers`): a prefill's choice
+  (the factored path's dozen small kernels) is not a decoding step's;
 * on the CPU (and wherever nothing was measured, including under ``torch.compile``) the flop model of
   :func:`choose_path` decides.
 
@@ -25,6 +28,7 @@ import torch
 from ._cache import invalidate, release
 from .factored import split_cost
 from .paths import IMPLS
+from .timers import cuda_timer, host_timer
 
 logger = logging.getLogger("fourierft")
 
@@ -40,12 +44,20 @@ _FACTORED_COST = {"cuda": (2.0, 5_000.0), "cpu": (2.0, 3_000.0)}
 _GEMM_TRAIN = {"cuda": 10.0, "cpu": 6.0}
 # the paths auto chooses from, in tie-break order (eager and under torch.compile alike)
 CANDIDATES: tuple[str, ...] = ("lowrank", "gemm", "factored")
+# ... for a call of few rows: not gemm, whose cached dW is a second copy of the frozen weight per layer (32 MiB at
+# 4096^2 in bf16) for tens of us a decoding step (64 rows, 4096^2, n = 1000: 0.058 against lowrank's 0.088 ms on an
+# H200, host clock)
+FEW_ROWS_CANDIDATES: tuple[str, ...] = ("lowrank", "factored")
 _COMPILED_INFERENCE: tuple[str, ...] = ("lowrank", "factored")  # the paths that keep their caches in a graph
 # gemm holds a d1 x d2 dW per layer (saved for backward, cached at inference: peak 3.51 against 2.86 GiB for lowrank,
 # all-linear inference of the 4-layer LLaMA-7B-shaped model, H200, bench/train_step.py); measured, it is kept only
 # when it is more than this much faster than the best other path
 _HOLDS_DENSE: tuple[str, ...] = ("gemm",)
 DENSE_MARGIN = 0.05
+# A call of at most this many rows (tokens) is host-bound on a GPU: its own key, timed by the wall clock. 64 rows
+# decoding one token each through a 4096^2 layer: the GPU finishes any path's kernels in tens of us, the host
+# issues the factored path's ~12 launches in about as long again.
+FEW_ROWS = 256
 
 
 def flop_costs(out_features: int, in_features: int, n: int, *, device_type: str, training: bool) -> dict[str, float]:
@@ -92,16 +104,18 @@ class Choice:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-# (device, out_features, in_features, n, dtype, training) -> Choice; owned here, cleared by clear_path_choices
+# (device, out_features, in_features, n, dtype, training, few_rows) -> Choice; owned here, cleared by
+# clear_path_choices
 _choices: dict[tuple, Choice] = {}
 
 
 def path_key(x: torch.Tensor, out_features: int, in_features: int, n: int, training: bool) -> tuple:
-    return (str(x.device), out_features, in_features, n, x.dtype, training)
+    few = x.numel() <= FEW_ROWS * x.shape[-1]  # x: (..., in_features), at most FEW_ROWS rows
+    return (str(x.device), out_features, in_features, n, x.dtype, training, few)
 
 
 def path_choices() -> dict[tuple, Choice]:
-    """A copy of the choices made so far: ``(device, out, in, n, dtype, training) -> Choice``."""
+    """A copy of the choices made so far: ``(device, out, in, n, dtype, training, few_rows) -> Choice``."""
     return dict(_choices)
 
 
@@ -112,36 +126,14 @@ def clear_path_choices() -> None:
 
 def _record(key: tuple, choice: Choice) -> str:
     _choices[key] = choice
-    dev, d1, d2, n, dtype, training = key
+    dev, d1, d2, n, dtype, training, few = key
     detail = ", ".join(f"{p} {s * 1e3:.3f} ms" for p, s in choice.seconds.items())
     logger.info(
-        "fourierft: %s for %dx%d n=%d %s %s on %s (%s%s)", choice.path, d1, d2, n, str(dtype).removeprefix("torch."),
-        "training" if training else "inference", dev, choice.how, f": {detail}" if detail else "",
+        "fourierft: %s for %dx%d n=%d %s %s%s on %s (%s%s)", choice.path, d1, d2, n,
+        str(dtype).removeprefix("torch."), "training" if training else "inference",
+        f" of <= {FEW_ROWS} rows" if few else "", dev, choice.how, f": {detail}" if detail else "",
     )
     return choice.path
-
-
-# GPU cycles of busy-waiting queued before a timed batch (about 5 ms at an H200's 1.98 GHz): the host enqueues the
-# timed calls while the GPU is still busy, so the events measure GPU time. Without it a path of many small kernels
-# (factored: ~30 launches a training call) was timed by its launch latency: measured alone it lost to lowrank by
-# 1.6x on every LLaMA shape, in the model it trained the all-linear step 8% faster (H200, bench/train_step.py
-# and bench/kernels.py, 2026-12-01). Inside a model the host runs ahead of the big GEMMs just so.
-_PAD_CYCLES = 10_000_000
-
-
-def cuda_timer(path: str, fn: Callable[[], object], calls: int = 3) -> float:
-    """Seconds of GPU time per call of ``fn()`` (of ``path``) on the current CUDA stream, by CUDA events around
-    ``calls`` back-to-back calls queued behind a busy-wait (``_PAD_CYCLES``), so host launch gaps do not count."""
-    pad = getattr(torch.cuda, "_sleep", None)  # PyTorch's own busy-wait kernel; without it, launch gaps count
-    if pad is not None:
-        pad(_PAD_CYCLES)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / calls
 
 
 def _timed_call(path, x, spectrum, rows, cols, out_features, in_features, scaling, training):
@@ -172,21 +164,28 @@ def tune(
     scaling: float,
     *,
     training: bool,
-    timer: Callable[[str, Callable[[], object]], float] = cuda_timer,
-    candidates: tuple[str, ...] = CANDIDATES,
+    timer: Callable[[str, Callable[[], object]], float] | None = None,
+    candidates: tuple[str, ...] | None = None,
     rounds: int = 5,
 ) -> str:
     """Measure each candidate path on these inputs, record the fastest for their key and return it.
 
-    ``timer(path, fn)`` returns the seconds one call ``fn()`` of ``path`` takes (default :func:`cuda_timer`); each
+    ``timer(path, fn)`` returns the seconds one call ``fn()`` of ``path`` takes (default: :func:`.cuda_timer`,
+    or :func:`.host_timer` for a call of at most :data:`FEW_ROWS` rows); ``candidates`` default to
+    :data:`CANDIDATES` (:data:`FEW_ROWS_CANDIDATES` for a call of few rows); each
     ``fn`` runs the path once (when ``training``: forward and backward with a random upstream gradient, on
     detached copies of ``x`` and ``spectrum``, so the caller's tensors and graph are untouched). Each candidate
     is called once untimed, then timed ``rounds`` times interleaved with the others; the best time counts, except
     that gemm (which holds a ``d1 x d2`` tensor per layer) must beat the best other path by more than
     :data:`DENSE_MARGIN`. A candidate that fails (e.g. out of memory) is skipped. ``x``: ``(..., in_features)``;
-    the key is ``(device, out_features, in_features, n, x.dtype, training)``.
+    the key is :func:`path_key`'s. The caches the losers built are dropped, except those a path chosen for
+    another key of this layer shape reads.
     """
     key = path_key(x, out_features, in_features, spectrum.shape[0], training)
+    if timer is None:
+        timer = host_timer if key[-1] else cuda_timer
+    if candidates is None:
+        candidates = FEW_ROWS_CANDIDATES if key[-1] else CANDIDATES
     calls = {}
     for path in candidates:  # a warm-up call each (bases, plans, library heuristics), untimed
         try:
@@ -213,7 +212,8 @@ def tune(
         lean = _fastest(seconds, tuple(p for p in candidates if p not in _HOLDS_DENSE))
         if lean and seconds[lean] <= seconds[best] * (1.0 + DENSE_MARGIN):
             best = lean
-    _drop_caches([p for p in candidates if p != best], spectrum, rows, cols)
+    used = {best} | {c.path for k, c in _choices.items() if k[:5] == key[:5]}  # this shape's other keys' paths
+    _drop_caches([p for p in candidates if p not in used], spectrum, rows, cols)
     return _record(key, Choice(best, "measured", seconds))
 
 
@@ -243,9 +243,9 @@ def static_path(out_features: int, in_features: int, n: int, device: str, dtype:
     Written to be traced by dynamo with Python ints (constant-folded) or symbolic sizes (``dynamic=True``, shapes
     read off tensors): only comparisons, which dynamo turns into guards, so the choice is a constant of the graph
     either way. (Not ``assume_constant_result``: it rejects symbolic arguments.)"""
-    for key, hit in _choices.items():
-        if key[0] == device and key[4] == dtype and key[5] == training and key[1] == out_features \
-                and key[2] == in_features and key[3] == n:
+    for key, hit in _choices.items():  # a compiled graph serves every row count: the many-rows choice
+        if key[0] == device and key[4] == dtype and key[5] == training and not key[6] \
+                and key[1] == out_features and key[2] == in_features and key[3] == n:
             if training or hit.path != "gemm":
                 return hit.path
             best = _fastest(hit.seconds, _COMPILED_INFERENCE)
@@ -271,14 +271,31 @@ def resolve_path(
     training: bool,
 ) -> str:
     """The path ``auto`` runs for this call (see the module docstring)."""
-    n = spectrum.shape[0]
     if torch.compiler.is_compiling():
-        return static_path(out_features, in_features, n, str(x.device), x.dtype, training)
+        return static_path(out_features, in_features, spectrum.shape[0], str(x.device), x.dtype, training)
+    return resolve_choice(x, spectrum, rows, cols, out_features, in_features, scaling, training).path
+
+
+def resolve_choice(
+    x: torch.Tensor,
+    spectrum: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
+    training: bool,
+) -> Choice:
+    """The recorded choice for this call's key, made now if there is none (eager calls only): measured on CUDA
+    (:func:`tune`), the flop model elsewhere and under CUDA graph capture."""
+    n = spectrum.shape[0]
     key = path_key(x, out_features, in_features, n, training)
     hit = _choices.get(key)
     if hit is not None:
-        return hit.path
+        return hit
     if x.device.type == "cuda" and x.numel() > 0 and not torch.cuda.is_current_stream_capturing():
-        return tune(x, spectrum, rows, cols, out_features, in_features, scaling, training=training)
-    path = choose_path(out_features, in_features, n, device_type=x.device.type, training=training)
-    return _record(key, Choice(path, "flop model"))
+        tune(x, spectrum, rows, cols, out_features, in_features, scaling, training=training)
+    else:
+        _record(key, Choice(choose_path(out_features, in_features, n, device_type=x.device.type, training=training),
+                            "flop model"))
+    return _choices[key]

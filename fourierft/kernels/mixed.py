@@ -69,14 +69,19 @@ _FLOPS_PER_LAUNCH = {"cuda": 1e10, "cpu": 1e5}
 
 
 def mixed_path(path: str, out_features: int, in_features: int, n: int, device_type: str, needs_grad: bool,
-               tokens: int = 0) -> str:
+               tokens: int = 0, measured: dict[str, float] | None = None) -> str:
     """``"lowrank"`` or ``"factored"`` for ``path`` in :data:`MIXED_PATHS`. ``"auto"`` is lowrank when a gradient
-    is needed, under ``torch.compile``, or when factored would save fewer flops over the call's ``tokens`` rows
-    than its four extra launches are worth (decoding: a few rows per call); else the cheaper of the two by the
-    flop model."""
+    is needed or under ``torch.compile``; else the faster of the two in ``measured`` (seconds per call of one
+    adapter's paths on this layer's key, :func:`.dispatch.resolve_choice`: the mixed forms cost one adapter's
+    call plus a per-row multiply), if it timed either; else lowrank when factored would save fewer flops over the
+    call's ``tokens`` rows than its four extra launches are worth (decoding: a few rows per call), and otherwise
+    the cheaper of the two by the flop model."""
     if path == "auto":
         if needs_grad or torch.compiler.is_compiling():
             return "lowrank"
+        timed = [p for p in ("lowrank", "factored") if p in (measured or {})]
+        if timed:
+            return min(timed, key=measured.__getitem__)
         costs = flop_costs(out_features, in_features, n, device_type=device_type, training=False)
         saved = tokens * (costs["lowrank"] - costs["factored"])
         return "factored" if saved > 4 * _FLOPS_PER_LAUNCH.get(device_type, _FLOPS_PER_LAUNCH["cuda"]) else "lowrank"

@@ -146,9 +146,10 @@ def test_symbolic_shapes_trace(measured):
                           ShapesFromTensors(16, 10, 30, 1, "auto", True))
     if measured:
         from fourierft.kernels import tune
+        from fourierft.kernels.dispatch import FEW_ROWS
 
-        first = model[0]
-        tune(torch.randn(3, 12), first.spectrum, first.rows, first.cols, 16, 12, first.scaling, training=True,
+        first = model[0]  # the many-rows key: the one a graph reads
+        tune(torch.randn(FEW_ROWS + 1, 12), first.spectrum, first.rows, first.cols, 16, 12, first.scaling, training=True,
              timer=lambda path, fn: {"lowrank": 2.0, "gemm": 1.0, "factored": 3.0}[path])
     counter = Counter()
     compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)

@@ -190,3 +190,17 @@ def test_auto_path_takes_lowrank_for_few_rows_and_to_train():
     assert mixed_path("factored", 4096, 4096, 3000, "cuda", False, tokens=1) == "factored"  # forced: kept
     with pytest.raises(ValueError, match="inference-only"):
         mixed_path("factored", 4096, 4096, 3000, "cuda", True)
+
+
+def test_auto_path_follows_one_adapters_measured_times():
+    """Measured times of one adapter's paths on the layer's key decide between lowrank and factored (gemm, which
+    has no mixed form, is passed over); a gradient or a forced path still decides first."""
+    from fourierft.kernels.mixed import mixed_path
+
+    timed = {"lowrank": 2e-4, "factored": 1e-4, "gemm": 5e-5}
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", False, tokens=64, measured=timed) == "factored"
+    timed = {"lowrank": 1e-4, "factored": 2e-4}
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", False, tokens=16384, measured=timed) == "lowrank"
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", False, tokens=16384, measured={"gemm": 1e-5}) == "factored"
+    assert mixed_path("auto", 4096, 4096, 3000, "cuda", True, tokens=16384, measured={"factored": 1e-5}) == "lowrank"
+    assert mixed_path("lowrank", 4096, 4096, 3000, "cuda", False, measured={"factored": 1e-5}) == "lowrank"

@@ -22,9 +22,9 @@ def fresh_table():
     clear_path_choices()
 
 
-def inputs(grad=True):
+def inputs(grad=True, tokens=dispatch.FEW_ROWS + 1):  # many rows: every candidate timed, device clock
     rows, cols = make_entries(D1, D2, N)
-    return torch.randn(6, D2, requires_grad=grad), torch.randn(N, requires_grad=grad), rows, cols
+    return torch.randn(tokens, D2, requires_grad=grad), torch.randn(N, requires_grad=grad), rows, cols
 
 
 class FakeTimer:
@@ -52,7 +52,7 @@ def test_measured_choice_is_recorded_logged_and_used(monkeypatch, caplog):
         assert tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer) == "factored"
     assert timer.ran == ["lowrank", "gemm", "factored"] * 5  # interleaved rounds
     assert x.grad is None and c.grad is None  # the timing calls ran on copies
-    key = ("cpu", D1, D2, N, torch.float32, True)
+    key = ("cpu", D1, D2, N, torch.float32, True, False)
     choice = path_choices()[key]
     assert choice.path == "factored" and choice.how == "measured"
     assert choice.seconds == {"lowrank": 3e-3, "gemm": 2e-3, "factored": 1e-3}
@@ -64,12 +64,12 @@ def test_measured_choice_is_recorded_logged_and_used(monkeypatch, caplog):
         monkeypatch.setitem(K._IMPLS, name, lambda *a, _n=name, _f=impl, **kw: used.append(_n) or _f(*a, **kw))
     y = spectral_linear(x, c, rows, cols, D1, D2, 2.0)
     assert used == ["factored"]
-    ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
+    ry, _, _ = reference(x.detach(), torch.zeros(x.shape[0], D1), c.detach(), rows, cols, D1, D2, 2.0)
     assert rel(y, ry) < 1e-5
     # another key (inference) is not affected: the CPU's flop model decides, recorded as such
     with torch.no_grad():
         spectral_linear(x, c, rows, cols, D1, D2, 2.0)
-    infer = path_choices()[("cpu", D1, D2, N, torch.float32, False)]
+    infer = path_choices()[("cpu", D1, D2, N, torch.float32, False, False)]
     assert infer.how == "flop model" and infer.path == K.choose_path(D1, D2, N, device_type="cpu", training=False)
 
 
@@ -78,7 +78,7 @@ def test_best_round_counts():
     x, c, rows, cols = inputs()
     timer = FakeTimer({"lowrank": [9e-3, 1e-3, 1e-3], "gemm": [2e-3] * 3, "factored": [3e-3] * 3})
     assert tune(x, c, rows, cols, D1, D2, 2.0, training=True, timer=timer, rounds=3) == "lowrank"
-    assert path_choices()[("cpu", D1, D2, N, torch.float32, True)].seconds == {
+    assert path_choices()[("cpu", D1, D2, N, torch.float32, True, False)].seconds == {
         "lowrank": 1e-3, "gemm": 2e-3, "factored": 3e-3}
 
 
@@ -91,7 +91,7 @@ def test_inference_tuning_under_inference_mode_times_every_candidate():
         xi, ci = x.clone(), c.clone()  # inference tensors themselves
         assert tune(xi, ci, rows, cols, D1, D2, 2.0, training=False, timer=timer) == "gemm"
         y = spectral_linear(xi, ci, rows, cols, D1, D2, 2.0)
-    ry, _, _ = reference(x, torch.zeros(6, D1), c, rows, cols, D1, D2, 2.0)
+    ry, _, _ = reference(x, torch.zeros(x.shape[0], D1), c, rows, cols, D1, D2, 2.0)
     assert rel(y, ry) < 1e-5
 
 
@@ -108,7 +108,7 @@ def test_failing_candidate_is_skipped():
     x, c, rows, cols = inputs()
     timer = FakeTimer({"lowrank": 3e-3, "gemm": RuntimeError("CUDA out of memory"), "factored": 5e-3})
     assert tune(x, c, rows, cols, D1, D2, 2.0, training=False, timer=timer) == "lowrank"
-    assert set(path_choices()[("cpu", D1, D2, N, torch.float32, False)].seconds) == {"lowrank", "factored"}
+    assert set(path_choices()[("cpu", D1, D2, N, torch.float32, False, False)].seconds) == {"lowrank", "factored"}
 
 
 def test_every_candidate_failing_is_an_error_naming_the_way_out():
@@ -126,12 +126,12 @@ def test_flop_model_choice_logged_once(caplog):
             spectral_linear(x, c, rows, cols, D1, D2, 2.0)
     lines = [r for r in caplog.records if r.name == "fourierft"]
     assert len(lines) == 1 and "flop model" in lines[0].getMessage()
-    assert path_choices()[("cpu", D1, D2, N, torch.float32, True)].how == "flop model"
+    assert path_choices()[("cpu", D1, D2, N, torch.float32, True, False)].how == "flop model"
 
 
 def test_compiled_auto_uses_the_measured_choice():
     """Under torch.compile the table is read (never written): the measured choice, factored included (it runs as an
-    opaque custom op there)."""
+    opaque custom op there). A graph serves every row count: the many-rows key's choice counts."""
     x, c, rows, cols = inputs()
     tune(x, c, rows, cols, D1, D2, 2.0, training=True,
          timer=FakeTimer({"lowrank": 2e-3, "gemm": 3e-3, "factored": 1e-3}))
@@ -145,11 +145,15 @@ def test_compiled_auto_uses_the_measured_choice():
     assert dispatch.static_path(D1, D2, N, "cpu", torch.float32, False) == "factored"
     # nothing measured for this key: the flop model, between lowrank and gemm
     assert dispatch.static_path(4096, 4096, 10000, "cuda:0", torch.bfloat16, True) in ("lowrank", "gemm")
+    tune(x[:4], c, rows, cols, D1, D2, 2.0, training=False,  # a few-rows choice is not a graph's
+         timer=FakeTimer({"lowrank": 1e-3, "gemm": 3e-3, "factored": 2e-3}))
+    assert dispatch.static_path(D1, D2, N, "cpu", torch.float32, False) == "factored"
+    x = x[:6].detach().requires_grad_()
     before = path_choices()
     torch._dynamo.reset()
     fn = torch.compile(lambda x, c: spectral_linear(x, c, rows, cols, D1, D2, 2.0), backend="eager", fullgraph=True)
     y = fn(x, c)
-    ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
+    ry, _, _ = reference(x.detach(), torch.zeros(x.shape[0], D1), c.detach(), rows, cols, D1, D2, 2.0)
     assert rel(y, ry) < 1e-5 and path_choices() == before
 
 
@@ -177,11 +181,11 @@ def test_cuda_auto_measures_once(grad):
     xc, cc = x.detach().cuda().requires_grad_(grad), c.detach().cuda().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         y = spectral_linear(xc, cc, rows.cuda(), cols.cuda(), D1, D2, 2.0)
-        choice = path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad)]
+        choice = path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad, False)]
         assert choice.how == "measured" and set(choice.seconds) == set(dispatch.CANDIDATES)
         spectral_linear(xc, cc, rows.cuda(), cols.cuda(), D1, D2, 2.0)
-    assert path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad)] is choice
-    ry, _, _ = reference(x.detach(), torch.zeros(6, D1), c.detach(), rows, cols, D1, D2, 2.0)
+    assert path_choices()[(str(xc.device), D1, D2, N, torch.float32, grad, False)] is choice
+    ry, _, _ = reference(x.detach(), torch.zeros(x.shape[0], D1), c.detach(), rows, cols, D1, D2, 2.0)
     assert rel(y, ry) < 1e-4
 
 
@@ -202,3 +206,29 @@ def test_the_losers_caches_are_dropped_and_the_winners_kept(training):
     clear_path_choices()
     assert tune(x, c, rows, cols, D1, D2, 2.0, training=training, timer=timer) == "lowrank"
     assert {key[0] for idx in (rows, cols) for key in _cache._by_index[idx][2]} == {"basis"}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_few_rows_are_their_own_key_timed_by_the_wall_clock(monkeypatch, training):
+    """A decoding step (at most FEW_ROWS rows) is host-bound: it is measured apart from a prefill of the same layer,
+    by the host-inclusive clock, and the caches of the path the other key chose stay built."""
+    from fourierft.kernels import _cache
+
+    _cache.clear_caches()
+    clocks = {"device": FakeTimer({"lowrank": 2e-3, "gemm": 3e-3, "factored": 1e-3}),
+              "host": FakeTimer({"lowrank": 1e-4, "gemm": 3e-4, "factored": 2e-4})}
+    monkeypatch.setattr(dispatch, "cuda_timer", clocks["device"])
+    monkeypatch.setattr(dispatch, "host_timer", clocks["host"])
+    x, c, rows, cols = inputs(grad=training, tokens=2 * dispatch.FEW_ROWS)
+    with torch.set_grad_enabled(training):
+        assert tune(x, c, rows, cols, D1, D2, 2.0, training=training) == "factored"
+        assert len(clocks["device"].ran) == 15 and not clocks["host"].ran
+        one_step = x[: dispatch.FEW_ROWS].reshape(dispatch.FEW_ROWS // 4, 4, D2)  # (batch, 4 tokens, in)
+        assert tune(one_step, c, rows, cols, D1, D2, 2.0, training=training) == "lowrank"
+        assert clocks["host"].ran == ["lowrank", "factored"] * 5  # not gemm: its dW is a copy of the weight
+        assert len(clocks["device"].ran) == 15
+    key = ("cpu", D1, D2, N, torch.float32, training)
+    assert path_choices()[(*key, False)].path == "factored" and path_choices()[(*key, True)].path == "lowrank"
+    kinds = {k[0] for idx in (rows, cols) for k in _cache._by_index[idx][2]}
+    assert kinds == {"plan", "basis"}  # both chosen paths' bases and plans kept, nothing of gemm's
+    assert _cache.cache_sizes()["dense"] == 0
