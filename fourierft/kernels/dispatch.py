@@ -276,16 +276,8 @@ def resolve_path(
     return resolve_choice(x, spectrum, rows, cols, out_features, in_features, scaling, training).path
 
 
-def resolve_choice(
-    x: torch.Tensor,
-    spectrum: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    out_features: int,
-    in_features: int,
-    scaling: float,
-    training: bool,
-) -> Choice:
+def resolve_choice(x: torch.Tensor, spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                   out_features: int, in_features: int, scaling: float, training: bool) -> Choice:
     """The recorded choice for this call's key, made now if there is none (eager calls only): measured on CUDA
     (:func:`tune`), the flop model elsewhere and under CUDA graph capture."""
     n = spectrum.shape[0]
