@@ -139,7 +139,7 @@ class SharedGroup(NamedTuple):
     """Adapters of one layer that share their entries, as one mixed batch uses them."""
 
     names: tuple[str, ...]  # in order of first appearance; names[0]'s entries are the group's
-    row_adapter: torch.Tensor  # (B,) int64: each row's index into names, -1 for rows of other adapters
+    row_adapter: torch.Tensor  # (B,) int64: each row's index into names, len(names) for rows of other adapters
     scalings: torch.Tensor  # (K,) float64: each adapter's scaling
 
 
@@ -204,8 +204,8 @@ def _make_plan(layer, names: list[str], device: torch.device, distinct, tables, 
             if spectra[name].is_meta:
                 layer.get_delta_weight(name)  # raises the clear error
         index = {name: i for i, name in enumerate(group)}
-        groups.append(SharedGroup(tuple(group), device_tensor(tuple(index.get(n, -1) for n in names), torch.int64,
-                                                              device),
+        row_adapter = device_tensor(tuple(index.get(n, len(group)) for n in names), torch.int64, device)
+        groups.append(SharedGroup(tuple(group), row_adapter,
                                   device_tensor(tuple(layer.scaling(n) for n in group), torch.float64, device)))
         shared.update(group)
     rest = [BASE if name in shared else name for name in names]

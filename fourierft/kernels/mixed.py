@@ -5,7 +5,7 @@ is drawn from ``random_loc_seed=777``) differ only in their coefficient vectors 
 lowrank factorisation ``dW_a = (s_a / (d1 d2)) Bu diag([c_a, -c_a]) Bv^T`` (:mod:`.lowrank`):
 
     Q      = x @ Bv                        (B, L, 2n)   one GEMM for the whole batch
-    Z[b]   = Q[b] * w[a(b)]                (B, L, 2n)   w[a] = (s_a / d1) [c_a, -c_a]; w[-1] = 0 (no adapter)
+    Z[b]   = Q[b] * w[a(b)]                (B, L, 2n)   w[a] = (s_a / d1) [c_a, -c_a]; w[K] = 0 (no adapter)
     y      = (Z @ Bu^T) / d2               (B, L, d1)   one GEMM for the whole batch
 
 so the cost is one adapter's (``4 n (d1 + d2)`` flops per token) whatever K is. The ``1 / (d1 d2)`` is split between
@@ -16,7 +16,7 @@ form is inference-only).
 
 Three steps, so that a caller serving the same adapters call after call (decoding) builds the weights once:
 :func:`mixed_path` picks the path, :func:`mixed_weights` lays out the ``(K + 1, m)`` per-adapter weights (its last
-row zero: row index ``-1``, no adapter, reads it), :func:`mixed_linear` applies them. :func:`spectral_linear_mixed`
+row zero: row index ``K``, no adapter, reads it), :func:`mixed_linear` applies them. :func:`spectral_linear_mixed`
 is the three in one call, with its inputs checked.
 """
 
@@ -111,8 +111,8 @@ def mixed_linear(x: torch.Tensor, weights: torch.Tensor, row_adapter: torch.Tens
                  cols: torch.Tensor, out_features: int, in_features: int, path: str,
                  base: torch.Tensor | None = None, into_base: bool = False) -> torch.Tensor:
     """``base + y`` with ``y[b] = x[b] @ dW_{row_adapter[b]}.T``, given :func:`mixed_weights` ``(K + 1, m)`` for
-    ``path`` (``"lowrank"`` or ``"factored"``) and ``x``'s dtype; ``row_adapter`` ``(B,)`` integers in ``[-1, K)``
-    on ``x``'s device (``-1`` picks the zero row; not checked here, see :func:`spectral_linear_mixed`).
+    ``path`` (``"lowrank"`` or ``"factored"``) and ``x``'s dtype; ``row_adapter`` ``(B,)`` integers in ``[0, K]``
+    on ``x``'s device (``K`` picks the zero row; not checked here, see :func:`spectral_linear_mixed`).
 
     ``x``: ``(B, ..., d2)``; ``base`` (optional): ``(B, ..., d1)`` in ``x``'s dtype, added inside the last matmul
     (written into itself, contiguous, with ``into_base``). Returns ``(B, ..., d1)`` in ``x``'s dtype."""
@@ -122,7 +122,7 @@ def mixed_linear(x: torch.Tensor, weights: torch.Tensor, row_adapter: torch.Tens
     per_row = x2.shape[0] // max(b, 1)  # L
     # each batch row's weights, broadcast over its L tokens: a (B, m) gather, not a (T, m) one (at a prefill of
     # 64 x 256 tokens and m ~ 2000, 65 MB written and read again)
-    w = weights[row_adapter]  # (B, m)
+    w = weights.index_select(0, row_adapter)  # (B, m); index_select: a few us less host time than weights[...]
     b2 = None if base is None else base.reshape(-1, d1)
     if path == "lowrank":
         q = x2 @ basis(cols, d2, x.dtype)  # (T, 2n)
@@ -170,5 +170,6 @@ def spectral_linear_mixed(
     path = mixed_path(path, out_features, in_features, rows.numel(), x.device.type, needs_grad,
                       x.numel() // max(in_features, 1))
     weights = mixed_weights(spectra, scal, rows, out_features, x.dtype, path)
-    return mixed_linear(x, weights, row_adapter.to(x.device, torch.int64), rows, cols, out_features, in_features,
-                        path)
+    ra = row_adapter.to(x.device, torch.int64)
+    ra = torch.where(ra < 0, spectra.shape[0], ra)  # -1 (no adapter): the zero row K
+    return mixed_linear(x, weights, ra, rows, cols, out_features, in_features, path)
