@@ -30,9 +30,10 @@ from .entries import spectral_entries
 from .kernels import adapted_linear, spectral_linear
 from .layers_extra import check_extra, conv2d_delta, embedding_delta, matrix_shape
 from .kernels.mixed import MIXED_PATHS
-from .mixed import BASE, add_shared_entries, expand_names, mixed_plan, row_groups
+from .mixed import BASE, expand_names, row_groups
 from .quantized import quantization_kind
 from .sampling import check_entries, sampler_for
+from .shared_entries import add_shared_entries, mixed_plan
 from .spectral import delta_weight
 
 
@@ -329,7 +330,8 @@ class Linear(FourierFTLayer):
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """As :meth:`FourierFTLayer._mixed_batch_forward`; adapters that share their entries go through one
-        :func:`fourierft.kernels.mixed.mixed_linear` call (unless a compute path it lacks is forced)."""
+        :func:`fourierft.kernels.mixed.mixed_linear` call (:mod:`fourierft.shared_entries`), unless a compute
+        path it lacks is forced."""
         names = expand_names(adapter_names, x.shape[0])
         if self.compute_path not in MIXED_PATHS or not names or names.count(names[0]) == len(names):
             return super()._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)

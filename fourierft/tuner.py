@@ -30,6 +30,7 @@ from .layer import FourierFTLayer, Linear, n_frequency_of
 from .mixed import adapter_names_hooks, batch_size
 from .quantized import merged_float_linear, quantization_kind
 from .sampling import check_entries
+from .shared_entries import call_scope
 from .targets import (ancestors, check_adapter_name, is_adaptable, is_excluded, layer_class_for, no_match_hint,
                       warn_other_base, warn_unmatched)
 from .transaction import restoring
@@ -188,7 +189,7 @@ class FourierFTModel(PeftFourierFTModel):
         # PEFT's modules_to_save wrapper needs one name per (beam-expanded) row; our layers expand by themselves
         repeat = beams if isinstance(beams, int) and beams > 1 else 1
         with adapter_names_hooks(self.model, adapter_names, known, modules, rows=batch_size(args, kwargs),
-                                 repeat=repeat):
+                                 repeat=repeat), call_scope():
             yield
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:

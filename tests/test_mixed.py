@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fourierft
-import fourierft.mixed
+import fourierft.shared_entries as shared_entries
 from fourierft.mixed import BASE
 from fourierft.spectral import delta_weight_cos
 from helpers import VOCAB, assert_close, build
@@ -99,13 +99,13 @@ def test_causal_lm_rows_equal_running_alone(model_name, targets):
 
 def test_shared_entries_use_the_mixed_kernel_and_distinct_entries_do_not(monkeypatch):
     calls = []
-    real = fourierft.mixed.mixed_linear
+    real = shared_entries.mixed_linear
 
     def spy(*args, **kwargs):
         calls.append(args[1].shape[0] - 1)  # K adapters in one call: K + 1 rows of weights
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fourierft.mixed, "mixed_linear", spy)
+    monkeypatch.setattr(shared_entries, "mixed_linear", spy)
     targets = ["q_proj", "v_proj", "down_proj"]
     names = ["a", "c", BASE, "b", "a", "b"]
     ids, mask = batch(len(names))
@@ -144,8 +144,8 @@ def test_entries_are_compared_once_and_a_change_to_them_is_seen(monkeypatch):
     rows[0] = (rows[0] + 1) % layer.out_features  # b's entries now differ from a's on this layer
     assert not real_equal(rows, layer.fourierft_seeded_rows["a"])
     calls = []
-    real = fourierft.mixed.mixed_linear
-    monkeypatch.setattr(fourierft.mixed, "mixed_linear",
+    real = shared_entries.mixed_linear
+    monkeypatch.setattr(shared_entries, "mixed_linear",
                         lambda *args, **kwargs: calls.append(args[1].shape[0] - 1) or real(*args, **kwargs))
     check_rows(shared, "llama", names, ids, mask)  # b's rows follow b's new entries
     layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
@@ -162,8 +162,8 @@ def test_weights_are_made_once_and_a_change_to_coefficients_or_scaling_is_seen(m
     shared = make("llama", targets, adapters=SHARED)
     layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
     made = []
-    real = fourierft.mixed.mixed_weights
-    monkeypatch.setattr(fourierft.mixed, "mixed_weights", lambda *a, **k: made.append(1) or real(*a, **k))
+    real = shared_entries.mixed_weights
+    monkeypatch.setattr(shared_entries, "mixed_weights", lambda *a, **k: made.append(1) or real(*a, **k))
     check_rows(shared, "llama", names, ids, mask)
     assert len(made) == len(layers)  # one shared group (a, b) per layer
     made.clear()
@@ -188,7 +188,7 @@ def test_weights_are_made_once_and_a_change_to_coefficients_or_scaling_is_seen(m
 def test_one_adapter_for_every_row_runs_the_plain_forward(monkeypatch):
     """No gather or scatter of rows and no mixed kernel: the batch is served as with that adapter active."""
     calls = []
-    monkeypatch.setattr(fourierft.mixed, "mixed_linear", lambda *a, **k: calls.append("mixed"))
+    monkeypatch.setattr(shared_entries, "mixed_linear", lambda *a, **k: calls.append("mixed"))
     monkeypatch.setattr(torch.Tensor, "index_add", lambda *a, **k: calls.append("index_add"))
     shared = make("llama", ["q_proj", "v_proj"], adapters=SHARED)
     ids, mask = batch(3)
@@ -212,9 +212,9 @@ def test_auto_takes_the_path_measured_for_one_adapter_on_the_layer(monkeypatch, 
         asked.append((spectrum.shape[0], d1, d2, scaling, training))
         return Choice("gemm", "measured", seconds)
 
-    real = fourierft.mixed.mixed_linear
-    monkeypatch.setattr(fourierft.mixed, "resolve_choice", choice)
-    monkeypatch.setattr(fourierft.mixed, "mixed_linear", lambda *a, **k: paths.append(a[7]) or real(*a, **k))
+    real = shared_entries.mixed_linear
+    monkeypatch.setattr(shared_entries, "resolve_choice", choice)
+    monkeypatch.setattr(shared_entries, "mixed_linear", lambda *a, **k: paths.append(a[7]) or real(*a, **k))
     shared = make("llama", ["q_proj", "v_proj"], adapters=SHARED)
     names = ["a", "b", BASE, "b"]
     ids, mask = batch(len(names))
@@ -235,7 +235,7 @@ def test_entries_made_as_inference_tensors_are_served_without_a_plan():
     ids, mask = batch(len(names))
     for _ in range(2):
         check_rows(shared, "llama", names, ids, mask)
-    assert layer not in fourierft.mixed._plans or not fourierft.mixed._plans[layer]
+    assert layer not in shared_entries._plans or not shared_entries._plans[layer]
 
 
 def test_replaced_and_deleted_adapters_are_regrouped_and_their_entries_freed():
@@ -347,6 +347,56 @@ def test_generate_rows_equal_generating_alone(gen_kwargs, adapters, task_type):
                 ref = peft_model.generate(**row, **kw)
             assert torch.equal(out[i], ref[0]), (i, name)
         peft_model.set_adapter("a")
+
+
+@pytest.mark.parametrize("path", ["lowrank", "factored"])
+def test_layers_reading_one_input_share_its_transform(monkeypatch, path):
+    """gate_proj and up_proj read the same hidden states through the same entries (one shape, one seed): in a
+    mixed batch too, the input is transformed once per block (kernels._reuse), and every row still equals running
+    alone."""
+    import fourierft.kernels.mixed as kmixed
+
+    ran, real = [], kmixed.reuse
+    monkeypatch.setattr(kmixed, "reuse", lambda x, op, fn: real(x, op, lambda: ran.append(1) or fn()))
+    shared = make("llama", ["gate_proj", "up_proj"], adapters=SHARED)
+    shared.base_model.set_compute_path(path)
+    layers = [m for m in shared.modules() if isinstance(m, fourierft.FourierFTLayer)]
+    names = ["a", "b", BASE, "b", "a", "a"]  # only a and b (c's rows would take the row-group path in between)
+    ids, mask = batch(len(names))
+    ran.clear()
+    with torch.no_grad():
+        shared(input_ids=ids, attention_mask=mask, adapter_names=names)
+    assert len(ran) == len(layers) // 2  # one per block: up_proj takes gate_proj's
+    check_rows(shared, "llama", names, ids, mask)
+
+
+def test_a_layer_checks_its_adapters_once_per_call(monkeypatch):
+    """Decoding re-runs every layer at each step: within one ``generate`` a layer checks its adapters' state at its
+    first use only; the plans hold nothing of them after the call, and a coefficient written between two calls is
+    seen by the next one."""
+    peft_model = make("llama", ["q_proj", "v_proj"], task_type="CAUSAL_LM", adapters=SHARED)
+    layers = [m for m in peft_model.modules() if isinstance(m, fourierft.FourierFTLayer)]
+    names = ["a", "b", "a", BASE]
+    ids = batch(len(names), seq=5)[0]
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+              pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    checks, real = [], shared_entries._state
+    monkeypatch.setattr(shared_entries, "_state", lambda *a: checks.append(a[0]) or real(*a))
+    with torch.no_grad():
+        first = peft_model.generate(input_ids=ids, adapter_names=names, **kw)
+        assert len(checks) == len(layers) and set(map(id, checks)) == set(map(id, layers))  # 4 steps, one check
+        plans = [plan for layer in layers for plan in shared_entries._plans[layer].values()]
+        assert plans and all(plan.trusted is None for plan in plans)
+        for layer in layers:
+            layer.fourierft_spectrum["b"].mul_(-2.0)
+        again = peft_model.generate(input_ids=ids, adapter_names=names, **kw)
+        peft_model.set_adapter("b")
+        alone_b = peft_model.generate(input_ids=ids[1:2], **{**kw, "attention_mask": kw["attention_mask"][1:2]})
+        peft_model.set_adapter("a")
+    assert len(checks) == 2 * len(layers)
+    assert_close(again.scores[0][1], alone_b.scores[0][0])  # b's row follows b's new coefficients
+    assert not torch.allclose(again.scores[0][1], first.scores[0][1])
+    assert_close(again.scores[0][0], first.scores[0][0])  # a's row did not move
 
 
 def test_mlp_positional_input():

@@ -28,6 +28,7 @@ import torch
 
 from ._cache import basis
 from ._mm import scaled_mm
+from ._reuse import reuse
 from .dispatch import flop_costs
 from .factored import analysis, plan, regroup, synthesis
 
@@ -124,13 +125,17 @@ def mixed_linear(x: torch.Tensor, weights: torch.Tensor, row_adapter: torch.Tens
     # 64 x 256 tokens and m ~ 2000, 65 MB written and read again)
     w = weights.index_select(0, row_adapter)  # (B, m); index_select: a few us less host time than weights[...]
     b2 = None if base is None else base.reshape(-1, d1)
+    grad_x = torch.is_grad_enabled() and x.requires_grad
     if path == "lowrank":
-        q = x2 @ basis(cols, d2, x.dtype)  # (T, 2n)
+        bv = basis(cols, d2, x.dtype)  # (d2, 2n)
+        # without a gradient to x, shared with the layer before on the same input and entries (q_proj, v_proj)
+        q = x2 @ bv if grad_x else reuse(x, bv, lambda: x2 @ bv)  # (T, 2n)
         z = (q.view(b, per_row, q.shape[1]) * w[:, None, :]).view(q.shape)  # (T, 2n)
         y = scaled_mm(z, basis(rows, d1, x.dtype).T, 1.0 / d2, b2, into_base)  # (T, d1)
     else:
         pu, pv = plan(rows, d1, x.dtype), plan(cols, d2, x.dtype)
-        xu = analysis(x2.contiguous(), pv).index_select(0, regroup(pv, pu))  # (pu.rows, T)
+        idx = regroup(pv, pu)  # one object per plan pair: the key of a reused transform, as in factored_linear
+        xu = reuse(x, idx, lambda: analysis(x2.contiguous(), pv).index_select(0, idx))  # (pu.rows, T)
         z = (xu.view(xu.shape[0], b, per_row) * w.T[:, :, None]).view(xu.shape)  # (pu.rows, T)
         # the weights are on z already: synthesis' inverse twiddles are the plain ones
         y = synthesis(z, pu, pu.inv_twiddle, 1.0 / d2, b2, into_base)  # (T, d1)
