@@ -130,13 +130,14 @@ def mixed_linear(x: torch.Tensor, weights: torch.Tensor, row_adapter: torch.Tens
         bv = basis(cols, d2, x.dtype)  # (d2, 2n)
         # without a gradient to x, shared with the layer before on the same input and entries (q_proj, v_proj)
         q = x2 @ bv if grad_x else reuse(x, bv, lambda: x2 @ bv)  # (T, 2n)
-        z = (q.view(b, per_row, q.shape[1]) * w[:, None, :]).view(q.shape)  # (T, 2n)
+        z = q * w if per_row == 1 else (q.view(b, per_row, q.shape[1]) * w.unsqueeze(1)).view(q.shape)  # (T, 2n)
         y = scaled_mm(z, basis(rows, d1, x.dtype).T, 1.0 / d2, b2, into_base)  # (T, d1)
     else:
         pu, pv = plan(rows, d1, x.dtype), plan(cols, d2, x.dtype)
         idx = regroup(pv, pu)  # one object per plan pair: the key of a reused transform, as in factored_linear
         xu = reuse(x, idx, lambda: analysis(x2.contiguous(), pv).index_select(0, idx))  # (pu.rows, T)
-        z = (xu.view(xu.shape[0], b, per_row) * w.T[:, :, None]).view(xu.shape)  # (pu.rows, T)
+        wt = w.T  # (m, B)
+        z = xu * wt if per_row == 1 else (xu.view(xu.shape[0], b, per_row) * wt.unsqueeze(2)).view(xu.shape)
         # the weights are on z already: synthesis' inverse twiddles are the plain ones
         y = synthesis(z, pu, pu.inv_twiddle, 1.0 / d2, b2, into_base)  # (T, d1)
     return y.reshape(*x.shape[:-1], d1)
