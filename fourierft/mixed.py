@@ -25,7 +25,6 @@ from functools import lru_cache, partial
 import torch
 from torch import nn
 
-
 BASE = "__base__"
 # inputs that carry the batch in dimension 0, looked up when a call passes no positional tensor
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features", "decoder_input_ids")
