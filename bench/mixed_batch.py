@@ -12,7 +12,9 @@ split round-robin over K distinct adapters (``--counts``, default 1 8 64) and ru
 
 The variants are timed in interleaved rounds (median of ``--repeats``). ``--generate T`` times
 ``generate(..., adapter_names=[...], max_new_tokens=T)`` instead (greedy, KV cache: one
-prefill of ``--seq`` tokens, then T - 1 one-token steps), the way a server decodes a mixed batch.
+prefill of ``--seq`` tokens, then T - 1 one-token steps), the way a server decodes a mixed batch, and beside it
+``max_new_tokens=1`` (the prefill alone), so that each row also gives the time of one decoding step,
+``(t(T) - t(1)) / (T - 1)``.
 
 ``--level layer`` times one adapted layer instead (no model code): a frozen ``d x d`` linear plus K adapters that
 share their entries (one seed), on a batch of ``--rows`` rows x ``--seq`` tokens (``--seq 1``: one decoding step):
@@ -171,23 +173,30 @@ def model_level(args) -> list[dict]:
           f"q/v adapters (fourierft n={args.n}, {'shared' if args.shared else 'distinct'} entries; LoRA r=16); "
           f"batch {args.rows} x {args.seq} tokens; {mode}; median of {args.repeats}\n")
 
-    def run(model, **names):
-        if args.generate:  # greedy, exactly --generate new tokens
-            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.generate,
-                                  min_new_tokens=args.generate, do_sample=False, **names)
+    def run(model, new=args.generate, **names):
+        if new:  # greedy, exactly `new` new tokens
+            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                  min_new_tokens=new, do_sample=False, **names)
         return model(input_ids=ids, **names)
 
-    def frozen():
+    def frozen(new=args.generate):
         with ours.disable_adapter():
-            run(ours)
+            run(ours, new)
 
+    steps = args.generate > 1  # also the prefill alone: one decoding step's time
     print("| K | base ms | ours-mixed ms | ours-serial ms | peft-lora-mixed ms | ours x base | ours K / ours K=1 | "
-          "LoRA / ours |\n|---|---|---|---|---|---|---|---|")
+          "LoRA / ours |" + (" base step ms | ours step ms | LoRA step ms | ours step / K=1 |" if steps else "")
+          + "\n|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if steps else ""))
     variants = {"base": frozen}  # timed in interleaved rounds: a host that slows down mid-run slows all alike
+    if steps:
+        variants["base", 1] = lambda: frozen(1)
     for k in args.counts:
         names = [f"a{i % k}" for i in range(args.rows)]
         variants[("mixed", k)] = lambda names=names: run(ours, adapter_names=names)
         variants[("lora", k)] = lambda names=names: run(lora, adapter_names=names)
+        if steps:
+            variants[("mixed", k, 1)] = lambda names=names: run(ours, 1, adapter_names=names)
+            variants[("lora", k, 1)] = lambda names=names: run(lora, 1, adapter_names=names)
         if not args.generate:
             groups = {f"a{j}": [i for i, n in enumerate(names) if n == f"a{j}"] for j in range(k)}
 
@@ -200,17 +209,25 @@ def model_level(args) -> list[dict]:
     with torch.no_grad():
         t = interleaved(variants, args.repeats, args.device)
     records, base, first = [], t["base"], t[("mixed", args.counts[0])]
+    step = (lambda full, prefill: (full - prefill) / (args.generate - 1) * 1e3) if steps else None  # ms
+    first_step = step(first, t[("mixed", args.counts[0], 1)]) if steps else None
     for k in args.counts:
         mixed, lora_mixed, serial = t[("mixed", k)], t[("lora", k)], t.get(("serial", k))
+        steps_ms = (step(base, t["base", 1]), step(mixed, t[("mixed", k, 1)]), step(lora_mixed, t[("lora", k, 1)])
+                    ) if steps else (None, None, None)
         print(f"| {k} | {base * 1e3:.2f} | {mixed * 1e3:.2f} | "
               f"{'-' if serial is None else f'{serial * 1e3:.2f}'} | {lora_mixed * 1e3:.2f} | {mixed / base:.2f} | "
-              f"{mixed / first:.2f} | {lora_mixed / mixed:.2f} |", flush=True)
+              f"{mixed / first:.2f} | {lora_mixed / mixed:.2f} |"
+              + (" {:.3f} | {:.3f} | {:.3f} | {:.2f} |".format(*steps_ms, steps_ms[1] / first_step) if steps else ""),
+              flush=True)
         records.append({"level": "model", "mode": mode, "hidden": args.hidden, "layers": args.layers,
                         "n": args.n, "rows": args.rows, "seq": args.seq, "shared_entries": args.shared, "k": k,
                         "base_ms": base * 1e3, "ours_mixed_ms": mixed * 1e3,
                         "ours_serial_ms": None if serial is None else serial * 1e3,
                         "peft_lora_mixed_ms": lora_mixed * 1e3, "mixed_x_base": mixed / base,
-                        "mixed_over_k1": mixed / first, "lora_over_ours_mixed": lora_mixed / mixed})
+                        "mixed_over_k1": mixed / first, "lora_over_ours_mixed": lora_mixed / mixed,
+                        "base_step_ms": steps_ms[0], "ours_step_ms": steps_ms[1], "lora_step_ms": steps_ms[2],
+                        "ours_step_over_k1": None if not steps else steps_ms[1] / first_step})
     return records
 
 

@@ -120,4 +120,9 @@ def test_mixed_batch_model_level_times_ours_beside_lora_and_the_frozen_model(tmp
         assert r["mixed_x_base"] == r["ours_mixed_ms"] / r["base_ms"]
         assert r["lora_over_ours_mixed"] == r["peft_lora_mixed_ms"] / r["ours_mixed_ms"]
         assert (r["ours_serial_ms"] is None) == bool(generate)  # one adapter at a time: prefill only
+        assert (r["ours_step_ms"] is None) == (not generate)  # one decoding step: generate only
     assert rows[0]["mixed_over_k1"] == 1.0
+    if generate:  # the step is (t(T) - t(1)) / (T - 1); its ratio to K = 1's is over the same K = 1 row
+        assert rows[0]["ours_step_over_k1"] == 1.0
+        assert rows[1]["ours_step_over_k1"] == rows[1]["ours_step_ms"] / rows[0]["ours_step_ms"]
+        assert rows[0]["base_step_ms"] == rows[1]["base_step_ms"]
