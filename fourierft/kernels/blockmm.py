@@ -61,14 +61,15 @@ def supports(l: torch.Tensor, r: torch.Tensor, base: torch.Tensor | None = None)
 
 
 def blockmm(l: torch.Tensor, r: torch.Tensor, alpha: float = 1.0, base: torch.Tensor | None = None,
-            out: torch.Tensor | None = None) -> torch.Tensor:
+            out: torch.Tensor | None = None, kernel: bool = True) -> torch.Tensor:
     """``out[t] = alpha L @ R[t] (+ base[t])``: ``L`` ``(M, K)``, ``R`` ``(T, K, N)`` (any strides), ``base`` and the
     result ``(T, M, N)``; written into ``out`` (which may be ``base`` itself) when given. ``R`` may also be given as
     its rows ``(T, K N)`` (unit stride along them); ``base``, ``out`` and the result are then rows ``(T, M N)`` too,
     and the Triton path takes no view of them (each view is a trip through the dispatcher for the host). The
-    Triton kernel where :func:`supports` says so, else :func:`reference`."""
+    Triton kernel where :func:`supports` says so and ``kernel`` allows it, else :func:`reference`: a Triton launch
+    costs the host more than a cuBLAS call, so callers bound by the host pass ``kernel=False``."""
     rows = r.dim() == 2
-    if torch.compiler.is_compiling() or not supports(l, r, base) or r.shape[0] == 0:  # no tokens: no launch
+    if not kernel or torch.compiler.is_compiling() or not supports(l, r, base) or r.shape[0] == 0:  # 0 tokens: none
         return _reference_rows(l, r, alpha, base, out) if rows else reference(l, r, alpha, base, out)
     n = _cols(l, r)
     if out is None:

@@ -23,8 +23,12 @@ stage 1 is an N1-point DFT of every row, stage 2 one small matmul per group of f
 transposed. With N1 near ``2 sqrt(n)`` that is ~12x fewer flops than lowrank at n = 1000 and d = 4096, for any d
 with a divisor near there (no radix restriction: 11008 = 43 x 256). It is bound by memory, not flops: each transform
 writes and reads one ``(T, d)`` stage-1 result (docs/benchmarks.md); stage 1 runs through :func:`.blockmm.blockmm`
-(a Triton kernel on CUDA where it beats cuBLAS' batched GEMM). Matmuls run in the input dtype with fp32
-accumulation; ``scale`` is the last matmul's alpha, as in ``_mm.py``.
+(a Triton kernel on CUDA where it beats cuBLAS' batched GEMM). Only inference launches that kernel. A training step
+is bound by the host (on an H200's host, 24-47 ms to issue an all-linear step of 43 ms of GPU work), and a Triton
+launch costs the host more than a cuBLAS call: with stage 1 on cuBLAS the step was faster in 8 of 12 rounds, by
+0.2-7.8 ms, and slower in 4, by 0.6-1.2 ms (bench/stage1_ab.py). Inference, bound by the GPU, was faster on the
+kernel in 7 of 9 rounds. Matmuls run in the input dtype with fp32 accumulation; ``scale`` is the last matmul's
+alpha, as in ``_mm.py``.
 """
 
 from __future__ import annotations
@@ -42,13 +46,14 @@ __all__ = ["Plan", "analysis", "factored_linear", "fused_linear", "make_plan", "
            "weighted_inverse"]
 
 
-def analysis(x: torch.Tensor, p: Plan, conj: bool = False) -> torch.Tensor:
+def analysis(x: torch.Tensor, p: Plan, conj: bool = False, kernel: bool = True) -> torch.Tensor:
     """``X[k, t] = sum_j x[t, j] w_d^{f_k j}`` for ``x`` ``(T, d)``, as ``(p.rows, T)`` in ``p``'s grouped layout
-    (``[Re X; Im X]`` per group; ``conj``: ``[Re X; -Im X]``, the same products through ``p.inv_twiddle``)."""
+    (``[Re X; Im X]`` per group; ``conj``: ``[Re X; -Im X]``, the same products through ``p.inv_twiddle``).
+    ``kernel``: whether stage 1 may launch the Triton kernel (:func:`.blockmm.blockmm`; training passes False)."""
     t = x.shape[0]
     # Views are taken once each, as as_strided where two would do: each is a trip through the dispatcher, and an
     # all-linear step is bound by the host (docs/benchmarks.md, step_spread)
-    a = blockmm(p.dft, x)  # (T, 2G n2): stage 1 on each row's (n1, n2) block, rows (g, R/I, j2)
+    a = blockmm(p.dft, x, kernel=kernel)  # (T, 2G n2): stage 1 on each row's (n1, n2) block, rows (g, R/I, j2)
     a = a.as_strided((p.groups, 2 * p.n2, t), (2 * p.n2, 1, a.stride(0)))  # (G, 2 n2, T): [R; I] per group
     return torch.bmm(p.inv_twiddle if conj else p.twiddle, a).view(p.rows, t)  # stage 2: (G, 2m, T)
 
@@ -83,24 +88,24 @@ def inference_inverse(spectrum: torch.Tensor, p: Plan) -> torch.Tensor:
 
 def synthesis(
     z: torch.Tensor, p: Plan, inv: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
-    into_base: bool = False,
+    into_base: bool = False, kernel: bool = True,
 ) -> torch.Tensor:
     """``base + alpha Re(sum_k c_k Z_k w_d^{f_k i})`` of shape ``(T, d)`` for ``z`` ``(p.rows, T)`` grouped and the
     weighted inverse twiddles ``inv`` (:func:`weighted_inverse`; ``p.inv_twiddle`` itself for all ``c_k = 1``);
-    ``base``: ``(T, d)``, written into itself (contiguous) with ``into_base``."""
+    ``base``: ``(T, d)``, written into itself (contiguous) with ``into_base``; ``kernel`` as in :func:`analysis`."""
     t = z.shape[1]
     z = z.contiguous()  # (rows, T); as_strided below reads it by its layout
     zg = z.as_strided((p.groups, t, 2 * p.m), (2 * p.m * t, 1, t))  # (G, T, 2m)
     b = z.new_empty(t, p.groups * 2 * p.n2)  # rows (g, R/I, i2) per token: what inv_dft's columns read
     torch.bmm(zg, inv, out=b.as_strided((p.groups, t, 2 * p.n2), (2 * p.n2, b.stride(0), 1)))  # stage 2
-    return blockmm(p.inv_dft, b, alpha, base, out=base if into_base else None)  # stage 1: (T, n1 n2)
+    return blockmm(p.inv_dft, b, alpha, base, out=base if into_base else None, kernel=kernel)  # stage 1: (T, d)
 
 
 def transform_input(x: torch.Tensor, pv: Plan, n: int, fused: bool = False) -> torch.Tensor:
     """``xk`` ``(2n, T)``: the ``[Re X_k; Im X_k]`` of ``x`` ``(T, d2)`` at the entries' column frequencies."""
     if fused:
         return factored_triton.analysis(x, pv, n)
-    return analysis(x, pv).index_select(0, pv.row)
+    return analysis(x, pv, kernel=False).index_select(0, pv.row)  # saved for a backward: training
 
 
 def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
@@ -113,7 +118,7 @@ def factored_forward(x, spectrum, pu: Plan, pv: Plan, scale: float, base=None, i
     if fused:
         return factored_triton.synthesis(xk, pu, spectrum, scale, base, into_base), xk
     xu = xk.index_select(0, pu.take)  # X in u's grouped layout: (pu.rows, T)
-    return synthesis(xu, pu, weighted_inverse(spectrum, pu), scale, base, into_base), xk  # (T, d1)
+    return synthesis(xu, pu, weighted_inverse(spectrum, pu), scale, base, into_base, kernel=False), xk  # (T, d1)
 
 
 def factored_inference(x, x2, spectrum, pu: Plan, pv: Plan, scale: float, base=None, into_base: bool = False,
@@ -145,10 +150,11 @@ def factored_backward(g, xk, spectrum, pu: Plan, pv: Plan, scale: float, need_x:
             grad_x = factored_triton.synthesis(gk, pv, spectrum, scale, base, into_base=True)
     else:
         # [Re G; -Im G]: the sign of Re(G X) = Gr Xr - Gi Xi rides on the twiddles, so grad_c is one sum of products
-        gu = analysis(g, pu, conj=True)  # (pu.rows, T)
+        gu = analysis(g, pu, conj=True, kernel=False)  # (pu.rows, T)
         if need_x:
             gv = gu.index_select(0, regroup(pu, pv))
-            grad_x = synthesis(gv, pv, weighted_inverse(spectrum, pv, conj=True), scale, base, into_base=True)
+            grad_x = synthesis(gv, pv, weighted_inverse(spectrum, pv, conj=True), scale, base, into_base=True,
+                               kernel=False)
         gk = gu.index_select(0, pu.row) if need_c else None
     if need_c:
         n, t = spectrum.shape[0], xk.shape[1]

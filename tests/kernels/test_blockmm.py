@@ -117,3 +117,33 @@ def test_no_tokens_give_an_empty_result(kernel):
     r = torch.randn(0, 64, 64, dtype=torch.bfloat16, device=DEV)
     assert bm.blockmm(l, r).shape == (0, 64, 64)
     assert bm.blockmm(l, r, 2.0, torch.empty(0, 64, 64, dtype=torch.bfloat16, device=DEV)).shape == (0, 64, 64)
+
+
+def test_only_inference_launches_the_kernel(monkeypatch):
+    """Training runs stage 1 on cuBLAS (a training step is bound by the host, where a Triton launch costs more);
+    inference launches the kernel. The launch is stood in for by the reference, so this runs on any machine."""
+    from fourierft.kernels.factored import factored_linear
+
+    launches = []
+
+    def launch(l, r, n, alpha, base, out):
+        launches.append(r.shape)
+        ref = bm._reference_rows if r.dim() == 2 else bm.reference
+        out.copy_(ref(l, r, alpha, base, None))
+
+    monkeypatch.setattr(bm, "supports", lambda l, r, base=None: True)
+    monkeypatch.setattr(bm, "_launch", launch)
+    g = torch.Generator().manual_seed(3)
+    d1, d2, n = 36, 48, 10
+    rows, cols = torch.randint(0, d1, (n,), generator=g), torch.randint(0, d2, (n,), generator=g)
+    spectrum = torch.randn(n, generator=g, requires_grad=True)
+    x = torch.randn(5, d2, generator=g, requires_grad=True)
+    y = factored_linear(x, spectrum, rows, cols, d1, d2, 30.0)
+    y.square().sum().backward()
+    assert launches == [] and x.grad is not None and spectrum.grad is not None
+    with torch.no_grad():
+        y_infer = factored_linear(x.detach().clone(), spectrum, rows, cols, d1, d2, 30.0)
+    assert len(launches) == 2  # analysis and synthesis
+    torch.testing.assert_close(y_infer, y.detach())
+    assert bm.blockmm(torch.randn(4, 4), torch.randn(2, 4, 4), kernel=False).shape == (2, 4, 4)
+    assert len(launches) == 2  # kernel=False: the reference, whatever supports() says
