@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repo root on sys.path; ``python -m pytest`` does
     sys.path.insert(0, str(ROOT))
 
-from bench import distributed, results  # noqa: E402
+from bench import common, distributed, results  # noqa: E402
 
 
 def test_distributed_compare_records_differences_against_the_first_run(tmp_path, monkeypatch, capsys):
@@ -126,3 +126,40 @@ def test_mixed_batch_model_level_times_ours_beside_lora_and_the_frozen_model(tmp
         assert rows[0]["ours_step_over_k1"] == 1.0
         assert rows[1]["ours_step_over_k1"] == rows[1]["ours_step_ms"] / rows[0]["ours_step_ms"]
         assert rows[0]["base_step_ms"] == rows[1]["base_step_ms"]
+
+
+def test_stage1_ab_times_each_stage1_choice_beside_the_floor(tmp_path, monkeypatch, capsys):
+    from bench import stage1_ab
+    from fourierft.kernels import blockmm as bm, factored
+
+    seen = []
+    real = bm.blockmm
+
+    def spy(*args, kernel=True, **kw):
+        seen.append(kernel)
+        return real(*args, kernel=kernel, **kw)
+
+    monkeypatch.setattr(bm, "blockmm", spy)
+    monkeypatch.setattr(factored, "blockmm", spy)  # the shipped variant calls it through factored's import
+
+    def tiny_bert(case):  # the cpu case's model, a size that keeps seven builds quick
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                         num_attention_heads=2, intermediate_size=64))
+        ids = torch.randint(0, 50, (2, 8))
+        return model.requires_grad_(False), {"input_ids": ids, "labels": torch.randint(0, 2, (2,))}
+
+    monkeypatch.setattr(common, "build_base", tiny_bert)
+    out = tmp_path / "stage1_ab.json"
+    monkeypatch.setattr(sys, "argv", ["stage1_ab.py", "--case", "cpu", "--targets", "qv", "--modes", "train",
+                                      "--rounds", "2", "--steps", "1", "--results", str(out)])
+    stage1_ab.main()
+    assert "medians" in capsys.readouterr().out
+    rows = results.load_results(out)["rows"]
+    assert [(r["variant"], r["round"]) for r in rows] == [("floor", 0), ("shipped", 1), ("kernel", 1), ("cublas", 1),
+                                                        ("cublas", 2), ("kernel", 2), ("shipped", 2)]
+    assert all(r["ms"] > 0 and r["host_ms"] > 0 and r["x_floor"] == r["ms"] / rows[0]["ms"] for r in rows)
+    assert factored.blockmm is spy  # put back after each variant
+    assert True in seen and False in seen  # the forced variants reached stage 1 both ways
