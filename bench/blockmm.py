@@ -9,6 +9,10 @@ through ``reference`` (cuBLAS' strided batched GEMM) and through the Triton kern
 (read ``R`` and ``base``, write the result) over the time as a bandwidth, and the kernel's largest error against
 float64, and the host time each takes to enqueue a call (what a host-bound step pays per launch). Rows go to
 ``bench/results/blockmm-<UTC>.json``.
+
+``--sweep`` instead times the kernel (bf16) over the settings in :data:`SWEEP` (columns per step, steps per
+program, warps, pipeline stages; ``shipped`` is ``blockmm._config``'s choice), one row per product and setting,
+into a results file of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +39,46 @@ def cases(d: int, n: int, t: int, dtype):
     r_syn = torch.randn(t, 2 * p.groups, p.n2, device="cuda", dtype=dtype)  # synthesis' stage-2 result
     yield f"analysis {d}", p.dft, x.view(t, p.n1, p.n2), None
     yield f"synthesis {d}", p.inv_dft, r_syn, torch.randn(t, p.n1, p.n2, device="cuda", dtype=dtype)
+
+
+# (columns per step: tokens per step x columns of a block, steps per program, warps, pipeline stages)
+SWEEP = [(128, 1, 4, 1), (128, 2, 4, 2), (128, 4, 4, 2), (128, 4, 8, 2), (128, 8, 4, 3), (256, 1, 4, 1),
+         (256, 2, 4, 2), (256, 2, 8, 2), (256, 4, 8, 2), (256, 4, 8, 3), (512, 1, 8, 1), (512, 2, 8, 2)]
+
+
+def sweep(a) -> None:
+    """Time the kernel over :data:`SWEEP` for each product of :func:`cases` (bf16) and write one row per setting."""
+    rows, shipped = [], bm._config
+    print("| product | setting | Triton ms | TB/s | max err |\n|---|---|---|---|---|")
+    for d in (int(s) for s in a.sizes.split(",")):
+        for name, l, r, base in cases(d, a.n, a.tokens, torch.bfloat16):
+            if not bm.supports(l, r, base):  # cuBLAS serves it (e.g. 11008's analysis): no setting to sweep
+                continue
+            want = torch.einsum("mk,tkn->tmn", l.double(), r.double()) * 0.5 + (0 if base is None else base.double())
+            moved = (r.numel() * 2 + want.numel() * (4 if base is not None else 2))  # bf16 bytes: R, (base), out
+            for setting in [None, *SWEEP]:
+                if setting is None:
+                    bm._config = shipped
+                else:
+                    cols, steps, warps, stages = setting
+                    bm._config = lambda n, has_base, c=cols, st=steps, w=warps, sg=stages: (
+                        max(1, c // min(bm._pow2(n), 128)), min(bm._pow2(n), 128), st, w, sg)
+                try:
+                    got = bm.blockmm(l, r, 0.5, base)
+                    err = ((got.double() - want).abs().max() / want.abs().max()).item()
+                    ms = timed(lambda: bm.blockmm(l, r, 0.5, base))
+                except Exception as e:  # noqa: BLE001 (triton's OutOfResources, by name: a setting too big)
+                    if type(e).__name__ != "OutOfResources":
+                        raise
+                    continue
+                finally:
+                    bm._config = shipped
+                label = "shipped " + str(shipped(r.shape[2], base is not None)) if setting is None else str(setting)
+                print(f"| {name} | {label} | {ms:.4f} | {moved / ms / 1e9:.2f} | {err:.1e} |", flush=True)
+                rows.append({"product": name, "tokens": a.tokens, "n": a.n, "setting": label, "triton_ms": ms,
+                             "tb_per_s": moved / ms / 1e9, "triton_rel_err": err})
+    path = write_results("blockmm", rows, out=a.results, note="the stage-1 kernel's settings swept (bf16)")
+    print(f"results: {path}")
 
 
 def timed(fn, reps: int = 50) -> float:
@@ -66,7 +110,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--sizes", default="4096,11008")
     ap.add_argument("--results", default=None)
+    ap.add_argument("--sweep", action="store_true", help="time the kernel over SWEEP's settings instead")
     a = ap.parse_args()
+    if a.sweep:
+        return sweep(a)
     rows = []
     print("| product | M x K x N | cuBLAS ms | Triton ms | cuBLAS TB/s | Triton TB/s | Triton max err "
           "| host us/call cuBLAS, Triton |")

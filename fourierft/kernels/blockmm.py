@@ -94,12 +94,11 @@ def _pow2(v: int) -> int:
 
 def _config(n: int, has_base: bool) -> tuple[int, int, int, int, int]:
     """(tokens per step, columns per step, steps per program, warps, pipeline stages) for rows of ``n`` columns:
-    the sweep's best. A step multiplies ``L`` by the blocks of its tokens side by side (128 columns); without a
-    ``base`` each program walks 4 steps, loading the next while it stores the current one."""
+    the best of ``bench/blockmm.py --sweep`` (H200, 2026-12-02): one step of 128 columns per program (the blocks of
+    its tokens side by side), with or without a ``base``; walking 4 steps per program took 1.3x as long on
+    analysis."""
     bn = min(_pow2(n), 128)
-    if has_base:
-        return max(1, 128 // bn), bn, 1, 4 if n <= MAX_N else 8, 1
-    return max(1, 128 // bn), bn, 4, 4, 2
+    return max(1, 128 // bn), bn, 1, 4 if n <= MAX_N or not has_base else 8, 1
 
 
 def _strides(v: torch.Tensor, n: int) -> tuple[int, int]:
